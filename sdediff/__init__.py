@@ -1,0 +1,31 @@
+"""sdediff: score-based diffusion models through SDEs and ODEs.
+
+Public API (see ``docs/`` and the design notes): forward processes, the one score interface,
+denoising score matching and training.
+"""
+
+from .checks import NumericalError
+from .losses import dsm_loss
+from .score import PREDICTIONS, GaussianMixture, ScoreModel, convert_prediction
+from .sde import SDES, DDPMChain, ForwardProcess, SubVPSDE, VESDE, VPSDE, sde_from_config
+from .train import Trainer, TrainConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DDPMChain",
+    "ForwardProcess",
+    "GaussianMixture",
+    "NumericalError",
+    "PREDICTIONS",
+    "SDES",
+    "ScoreModel",
+    "SubVPSDE",
+    "TrainConfig",
+    "Trainer",
+    "VESDE",
+    "VPSDE",
+    "convert_prediction",
+    "dsm_loss",
+    "sde_from_config",
+]

@@ -1,0 +1,206 @@
+"""The one score interface: :class:`ScoreModel`, the prediction converter, and the exact
+:class:`GaussianMixture` that is the project's ground truth.
+
+Prediction types, all equivalent given ``(alpha, sigma)`` and ``x = alpha x0 + sigma eps``:
+
+- ``score = -eps / sigma``;
+- ``x0 = (x - sigma eps) / alpha``;
+- ``v = alpha eps - sigma x0``, inverted by ``eps = (alpha v + sigma x) / (alpha^2 + sigma^2)``
+  (the denominator is 1 for VP processes; kept for VE).
+
+:func:`convert_prediction` is the only place these formulas live.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from .checks import check_batch_times, check_choice, check_same_shape, check_tensor
+from .sde import ForwardProcess
+from .utils import batch_times, expand_like
+
+PREDICTIONS = ("eps", "x0", "v", "score")
+
+
+def convert_prediction(value: torch.Tensor, source: str, target: str, x: torch.Tensor,
+                       alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Convert a prediction of kind ``source`` into kind ``target`` at state ``x``.
+
+    ``value`` and ``x``: ``(B, ...)``; ``alpha``, ``sigma``: scalars or ``(B,)`` (cast to ``x``'s
+    dtype). Goes through ``eps``.
+    """
+    check_choice("prediction", source, PREDICTIONS)
+    check_choice("prediction", target, PREDICTIONS)
+    if source == target:
+        return value
+    a, s = expand_like(alpha, x), expand_like(sigma, x)
+    if source == "eps":
+        eps = value
+    elif source == "x0":
+        eps = (x - a * value) / s
+    elif source == "v":
+        eps = (a * value + s * x) / (a * a + s * s)
+    else:  # score
+        eps = -s * value
+    if target == "eps":
+        return eps
+    if target == "score":
+        return -eps / s
+    x0 = (x - s * eps) / a
+    if target == "x0":
+        return x0
+    return a * eps - s * x0  # v
+
+
+class ScoreModel:
+    """A network (or exact function) together with its forward process.
+
+    ``net(x, t) -> tensor`` of ``x``'s shape, predicting ``prediction`` (``"eps"``, ``"x0"``,
+    ``"v"`` or ``"score"``). ``x``: ``(B, ...)``; ``t``: a scalar or shape ``(B,)``; the network
+    always receives ``t`` of shape ``(B,)`` in ``x``'s dtype.
+
+    Every call of the network increments :attr:`nfe`, so samplers report counted, not estimated,
+    network evaluations. The first call checks the output's shape and dtype against the input.
+    """
+
+    def __init__(self, net: Callable, sde: ForwardProcess, prediction: str = "eps"):
+        if not callable(net):
+            raise TypeError(f"net must be callable as net(x, t), got {type(net).__name__}")
+        if not isinstance(sde, ForwardProcess):
+            raise TypeError(
+                f"sde must be a forward process (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}"
+            )
+        self.net = net
+        self.sde = sde
+        self.prediction = check_choice("prediction", prediction, PREDICTIONS)
+        self.nfe = 0
+        self._checked = False
+
+    @classmethod
+    def from_fn(cls, score_fn: Callable, sde: ForwardProcess, prediction: str = "score"
+                ) -> ScoreModel:
+        """Wrap a plain callable ``score_fn(x, t) -> score`` (or another ``prediction``)."""
+        return cls(score_fn, sde, prediction=prediction)
+
+    def predict(self, x: torch.Tensor, t, kind: str) -> torch.Tensor:
+        """One network call, converted to ``kind``."""
+        check_tensor("x", x, finite=False)
+        t = batch_times(t, x)
+        check_batch_times(t, x.shape[0])
+        out = self.net(x, t.to(x.dtype))
+        self.nfe += 1
+        if not self._checked:
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"net(x, t) must return a tensor, got {type(out).__name__}")
+            check_same_shape("net(x, t) output", out, x, "x")
+            self._checked = True
+        if kind == self.prediction:
+            return out
+        alpha, sigma = self.sde.alpha_sigma(t)
+        return convert_prediction(out, self.prediction, kind, x, alpha, sigma)
+
+    def eps(self, x, t):
+        """Noise prediction ``eps(x, t)``, shape of ``x``."""
+        return self.predict(x, t, "eps")
+
+    def x0(self, x, t):
+        """Data (denoiser) prediction ``x0(x, t) = E[x_0 | x_t = x]`` (Tweedie)."""
+        return self.predict(x, t, "x0")
+
+    def v(self, x, t):
+        """Velocity prediction ``v = alpha eps - sigma x0``."""
+        return self.predict(x, t, "v")
+
+    def score(self, x, t):
+        """Score ``grad_x log p_t(x) = -eps / sigma``."""
+        return self.predict(x, t, "score")
+
+    def __repr__(self) -> str:
+        return f"ScoreModel({type(self.net).__name__}, {self.sde!r}, prediction={self.prediction!r})"
+
+
+class GaussianMixture:
+    """An exact data distribution: ``sum_k w_k N(mu_k, diag(s_k^2))``.
+
+    ``means``: ``(K, *event_shape)``; ``stds``: a number, ``(K,)`` (isotropic components) or
+    ``(K, *event_shape)`` (diagonal); ``weights``: ``(K,)``, positive (normalised here).
+
+    Under a forward process the noised marginal is again a mixture,
+    ``p_t = sum_k w_k N(alpha mu_k, alpha^2 s_k^2 + sigma^2)``, whose score is
+    ``sum_k r_k(x) (alpha mu_k - x) / var_k`` with responsibilities ``r_k``; this gives the exact
+    score of every marginal in closed form.
+    """
+
+    def __init__(self, means, stds, weights=None):
+        means = torch.as_tensor(means)
+        check_tensor("means", means)
+        if means.dim() < 2:
+            raise ValueError(f"means must have shape (K, *event_shape), got {tuple(means.shape)}")
+        K = means.shape[0]
+        self.event_shape = tuple(means.shape[1:])
+        self.means = means.reshape(K, -1)
+        stds = torch.as_tensor(stds, dtype=means.dtype)
+        if stds.dim() == 0:
+            stds = stds.expand(K)
+        if stds.shape == (K,):
+            stds = stds[:, None].expand_as(self.means)
+        elif tuple(stds.shape) == tuple(means.shape):
+            stds = stds.reshape(K, -1)
+        else:
+            raise ValueError(f"stds has shape {tuple(stds.shape)}; expected a number, ({K},) or "
+                             f"{tuple(means.shape)}")
+        if not bool((stds > 0).all()):
+            raise ValueError("stds must all be > 0")
+        self.stds = stds.clone()
+        weights = torch.ones(K, dtype=means.dtype) if weights is None else torch.as_tensor(
+            weights, dtype=means.dtype)
+        if weights.shape != (K,) or not bool((weights > 0).all()):
+            raise ValueError(f"weights must be {K} positive numbers, got {weights.tolist()}")
+        self.weights = weights / weights.sum()
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` exact samples, shape ``(n, *event_shape)``."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        noise = torch.randn((n, self.dim), generator=generator, dtype=self.means.dtype)
+        return (self.means[k] + self.stds[k] * noise).reshape((n,) + self.event_shape)
+
+    def _components(self, x: torch.Tensor, sde: ForwardProcess | None, t):
+        """Flattened ``x`` ``(B, D)``, component means ``(B|1, K, D)`` and variances."""
+        flat = x.reshape(x.shape[0], -1)
+        means = self.means.to(flat)
+        var = self.stds.to(flat) ** 2
+        if sde is None:
+            return flat, means[None], var[None]
+        alpha, sigma = sde.alpha_sigma(batch_times(t, x))
+        alpha = alpha.to(flat)[:, None, None]
+        sigma = sigma.to(flat)[:, None, None]
+        return flat, alpha * means[None], alpha**2 * var[None] + sigma**2
+
+    def _log_joint(self, flat, means, var):
+        """``log w_k + log N(x; mean_k, var_k)``, shape ``(B, K)``."""
+        diff = flat[:, None, :] - means
+        log_normal = -0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).sum(-1)
+        return torch.log(self.weights.to(flat)) + log_normal
+
+    def log_prob(self, x: torch.Tensor, sde: ForwardProcess | None = None, t=None) -> torch.Tensor:
+        """``log p(x)`` per sample, shape ``(B,)``; with ``sde`` and ``t``, of the marginal ``p_t``."""
+        flat, means, var = self._components(x, sde, t)
+        return torch.logsumexp(self._log_joint(flat, means, var), dim=1)
+
+    def score(self, x: torch.Tensor, t, sde: ForwardProcess) -> torch.Tensor:
+        """Exact ``grad_x log p_t(x)``, shape of ``x``."""
+        flat, means, var = self._components(x, sde, t)
+        resp = torch.softmax(self._log_joint(flat, means, var), dim=1)
+        grad = ((means - flat[:, None, :]) / var * resp[..., None]).sum(1)
+        return grad.reshape(x.shape)
+
+    def score_model(self, sde: ForwardProcess) -> ScoreModel:
+        """A :class:`ScoreModel` with the exact score of every noised marginal of this mixture."""
+        return ScoreModel.from_fn(lambda x, t: self.score(x, t, sde), sde)

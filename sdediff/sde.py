@@ -1,0 +1,355 @@
+"""Forward processes: every one is Gaussian, ``x_t = alpha(t) x_0 + sigma(t) eps``.
+
+A process is defined by ``alpha(t)`` and ``sigma(t)`` on ``t in [0, T]``. Everything else follows
+and lives here, one method per quantity:
+
+- log-SNR ``lambda(t) = log(alpha / sigma)`` (strictly decreasing) and its inverse ``t(lambda)``;
+- SDE drift ``f(t) x`` with ``f = d log alpha / dt`` and diffusion
+  ``g(t)^2 = d sigma^2/dt - 2 f sigma^2``;
+- reverse SDE ``dx = [f x - g^2 score] dt + g dw`` (run from ``T`` down) and probability-flow ODE
+  ``dx/dt = f x - g^2 score / 2`` (:meth:`ForwardProcess.reverse_drift`);
+- the prior ``N(0, prior_std^2 I)`` at ``T``.
+
+All methods take ``t`` as a tensor (a Python float is promoted to float64) and compute in ``t``'s
+dtype, so solvers get float64 coefficients by passing float64 times. Near ``t = 0`` the
+variance-preserving ``sigma`` is ``sqrt(-expm1(2 log alpha))``, exact where ``1 - alpha^2``
+would cancel.
+
+Processes (Song et al. 2021; Nichol & Dhariwal 2021):
+
+=====================  ==========================================================  ===============
+class                  alpha(t), sigma(t)                                          defaults
+=====================  ==========================================================  ===============
+VPSDE("linear")        log alpha = -t^2 (b1 - b0)/4 - t b0/2, sigma^2 = 1 - alpha^2  b0=0.1, b1=20
+VPSDE("cosine")        alpha^2 = cos^2(phi(t)) / cos^2(phi(0)),                   s=0.008,
+                       phi(t) = (t + s)/(1 + s) pi/2                              T=0.9946
+SubVPSDE               alpha as linear VP, sigma = 1 - alpha^2 (no square root)    b0=0.1, b1=20
+VESDE                  alpha = 1, sigma = sigma_min (sigma_max/sigma_min)^t         0.01, 50
+=====================  ==========================================================  ===============
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .checks import check_choice, check_float, check_int, check_options, check_tensor
+from .utils import as_time, batch_times, expand_like
+
+#: Cosine schedule end time: dpm-solver's choice, where alpha(T) = 8.4e-3 and lambda(T) = -4.78,
+#: close to the linear VP's lambda(1) = -5.03; at t -> 1 alpha would reach 0 (infinite log-SNR).
+COSINE_T = 0.9946
+
+
+class ForwardProcess:
+    """Base class: subclasses define ``log_alpha``, ``sigma``, ``f``, ``g2`` and ``t_of_log_snr``.
+
+    ``T`` is the end time, ``prior_std`` the standard deviation of the prior ``p_T``.
+    """
+
+    name = "process"
+    T = 1.0
+    prior_std = 1.0
+
+    # --- the definition of the process (per subclass) --------------------------------------
+    def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def f(self, t: torch.Tensor) -> torch.Tensor:
+        """Drift coefficient ``f(t) = d log alpha / dt``."""
+        raise NotImplementedError
+
+    def g2(self, t: torch.Tensor) -> torch.Tensor:
+        """Squared diffusion ``g(t)^2 = d sigma^2/dt - 2 f(t) sigma(t)^2``."""
+        raise NotImplementedError
+
+    def t_of_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`log_snr`."""
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """JSON-serialisable description, inverted by :func:`sde_from_config`."""
+        raise NotImplementedError
+
+    # --- derived quantities -----------------------------------------------------------------
+    def alpha(self, t) -> torch.Tensor:
+        return torch.exp(self.log_alpha(as_time(t)))
+
+    def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(alpha(t), sigma(t))``, each of ``t``'s shape and dtype."""
+        t = as_time(t)
+        return torch.exp(self.log_alpha(t)), self.sigma(t)
+
+    def log_snr(self, t) -> torch.Tensor:
+        """Half log signal-to-noise ratio ``lambda(t) = log alpha(t) - log sigma(t)``."""
+        t = as_time(t)
+        return self.log_alpha(t) - torch.log(self.sigma(t))
+
+    def diffusion(self, t) -> torch.Tensor:
+        """``g(t)``."""
+        return torch.sqrt(self.g2(as_time(t)))
+
+    def drift(self, x: torch.Tensor, t) -> torch.Tensor:
+        """Forward SDE drift ``f(t) x``; ``t`` a scalar or shape ``(B,)``."""
+        return expand_like(self.f(batch_times(t, x)), x) * x
+
+    def reverse_drift(self, model, x: torch.Tensor, t, probability_flow: bool = False) -> torch.Tensor:
+        """Drift of the reverse SDE, ``f x - g^2 score``, or of the probability-flow ODE,
+        ``f x - g^2 score / 2`` (both in forward time: integrate from ``T`` down to 0).
+
+        ``model`` is a :class:`~sdediff.score.ScoreModel` (one network call).
+        """
+        t = batch_times(t, x)
+        weight = 0.5 if probability_flow else 1.0
+        return self.drift(x, t) - weight * expand_like(self.g2(t), x) * model.score(x, t)
+
+    # --- sampling the forward process and the prior -----------------------------------------
+    def perturb(self, x0: torch.Tensor, t, generator: torch.Generator | None = None):
+        """Forward sample ``x_t = alpha(t) x0 + sigma(t) eps``; returns ``(x_t, eps)``.
+
+        ``x0``: ``(B, ...)``; ``t``: scalar or ``(B,)``.
+        """
+        check_tensor("x0", x0)
+        t = batch_times(t, x0)
+        alpha, sigma = self.alpha_sigma(t)
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        return expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps, eps
+
+    def prior_sample(self, shape, generator: torch.Generator | None = None,
+                     dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+        """A draw from ``p_T = N(0, prior_std^2 I)`` of the given shape."""
+        shape = tuple(shape)
+        for n in shape:
+            check_int("each entry of shape", n, minimum=1)
+        return self.prior_std * torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+    def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
+        """``log p_T(z)`` per sample, shape ``(B,)``; ``z``: ``(B, ...)``."""
+        dim = z[0].numel()
+        sq = z.reshape(z.shape[0], -1).pow(2).sum(dim=1)
+        var = self.prior_std**2
+        return -0.5 * dim * math.log(2 * math.pi * var) - 0.5 * sq / var
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+class _LinearBeta:
+    """``beta(t) = b0 + t (b1 - b0)`` and ``log alpha = -int_0^t beta / 2`` (Song et al. 2021)."""
+
+    def __init__(self, beta_min: float, beta_max: float):
+        self.beta_min = check_float("beta_min", beta_min, 0.0, None, low_open=True)
+        self.beta_max = check_float("beta_max", beta_max, beta_min, None, low_open=True)
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def t_of_log_alpha(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """Positive root of ``(b1 - b0) t^2 / 4 + b0 t / 2 = m`` with ``m = -log alpha``, in the
+        cancellation-free form ``4 m / (b0 + sqrt(b0^2 + 4 (b1 - b0) m))``."""
+        m = -log_alpha
+        d = self.beta_max - self.beta_min
+        return 4 * m / (self.beta_min + torch.sqrt(self.beta_min**2 + 4 * d * m))
+
+
+def _vp_sigma(log_alpha: torch.Tensor) -> torch.Tensor:
+    """``sqrt(1 - alpha^2)`` without cancellation near ``alpha = 1``."""
+    return torch.sqrt(-torch.expm1(2 * log_alpha))
+
+
+def _vp_log_alpha_of_log_snr(lam: torch.Tensor) -> torch.Tensor:
+    """For VP, ``alpha^2 = sigmoid(2 lambda)``, so ``log alpha = -softplus(-2 lambda) / 2``."""
+    return -0.5 * F.softplus(-2 * lam)
+
+
+class VPSDE(ForwardProcess):
+    """Variance-preserving SDE, ``alpha^2 + sigma^2 = 1``, with a linear or cosine schedule.
+
+    ``discretize(N)`` gives the matching DDPM chain (Ho et al. 2020).
+    """
+
+    name = "vp"
+    SCHEDULES = ("linear", "cosine")
+
+    def __init__(self, schedule: str = "linear", beta_min: float = 0.1, beta_max: float = 20.0,
+                 cosine_s: float = 0.008):
+        self.schedule = check_choice("schedule", schedule, self.SCHEDULES)
+        self._linear = _LinearBeta(beta_min, beta_max)
+        self.cosine_s = check_float("cosine_s", cosine_s, 0.0, None, low_open=True)
+        self.T = 1.0 if schedule == "linear" else COSINE_T
+
+    # cosine schedule: phi(t) = (t + s)/(1 + s) * pi/2, alpha = cos(phi(t)) / cos(phi(0))
+    def _phi(self, t):
+        return (t + self.cosine_s) / (1 + self.cosine_s) * (math.pi / 2)
+
+    def log_alpha(self, t):
+        if self.schedule == "linear":
+            return self._linear.log_alpha(t)
+        # cos(phi0 + d) / cos(phi0) = 1 - 2 sin^2(d/2) - tan(phi0) sin(d): log1p keeps log alpha
+        # (and so sigma) accurate near t = 0, where the plain ratio cancels in float32.
+        d = as_time(t) / (1 + self.cosine_s) * (math.pi / 2)
+        return torch.log1p(-2 * torch.sin(d / 2) ** 2 - math.tan(self._phi(0.0)) * torch.sin(d))
+
+    def sigma(self, t):
+        return _vp_sigma(self.log_alpha(t))
+
+    def f(self, t):
+        t = as_time(t)
+        if self.schedule == "linear":
+            return -0.5 * self._linear.beta(t)
+        return -torch.tan(self._phi(t)) * (math.pi / 2) / (1 + self.cosine_s)
+
+    def g2(self, t):
+        # VP: d sigma^2/dt = -2 f alpha^2, hence g^2 = -2 f (alpha^2 + sigma^2) = -2 f.
+        return -2 * self.f(t)
+
+    def t_of_log_snr(self, lam):
+        log_alpha = _vp_log_alpha_of_log_snr(as_time(lam))
+        if self.schedule == "linear":
+            return self._linear.t_of_log_alpha(log_alpha)
+        cos_phi = torch.exp(log_alpha + math.log(math.cos(self._phi(0.0))))
+        return torch.arccos(cos_phi) * (2 / math.pi) * (1 + self.cosine_s) - self.cosine_s
+
+    def discretize(self, N: int) -> DDPMChain:
+        """The DDPM chain ``beta_1..beta_N`` on the grid ``t_i = i T / N``.
+
+        Linear schedule: Song et al.'s rule ``linspace(beta_min/N, beta_max/N, N)`` (for ``N = 1000``
+        exactly Ho et al.'s ``1e-4 .. 0.02``). Other schedules:
+        ``beta_i = 1 - alpha(t_i)^2 / alpha(t_{i-1})^2``, clipped at 0.999 (Nichol & Dhariwal).
+        """
+        check_int("N", N, minimum=1)
+        times = torch.arange(1, N + 1, dtype=torch.float64) * (self.T / N)
+        if self.schedule == "linear":
+            betas = torch.linspace(self._linear.beta_min / N, self._linear.beta_max / N, N,
+                                   dtype=torch.float64)
+        else:
+            edges = torch.arange(0, N + 1, dtype=torch.float64) * (self.T / N)
+            log_a = self.log_alpha(edges)
+            betas = (-torch.expm1(2 * (log_a[1:] - log_a[:-1]))).clamp(max=0.999)
+        return DDPMChain(betas=betas, times=times)
+
+    def config(self):
+        return {"name": self.name, "schedule": self.schedule, "beta_min": self._linear.beta_min,
+                "beta_max": self._linear.beta_max, "cosine_s": self.cosine_s}
+
+
+class SubVPSDE(ForwardProcess):
+    """Sub-VP SDE (Song et al. 2021): ``alpha`` as linear VP, ``sigma = 1 - alpha^2``.
+
+    Its variance ``(1 - alpha^2)^2`` stays below VP's, which is why it has no square root.
+    """
+
+    name = "subvp"
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
+        self._linear = _LinearBeta(beta_min, beta_max)
+
+    def log_alpha(self, t):
+        return self._linear.log_alpha(t)
+
+    def sigma(self, t):
+        return -torch.expm1(2 * self.log_alpha(t))
+
+    def f(self, t):
+        return -0.5 * self._linear.beta(as_time(t))
+
+    def g2(self, t):
+        # d sigma^2/dt - 2 f sigma^2 with sigma = 1 - a^2 gives beta (1 - a^4).
+        t = as_time(t)
+        return self._linear.beta(t) * -torch.expm1(4 * self.log_alpha(t))
+
+    def t_of_log_snr(self, lam):
+        # alpha / (1 - alpha^2) = e^lam  =>  alpha = 2 e^lam / (1 + sqrt(1 + 4 e^{2 lam})),
+        # in logs so that neither large nor small lam overflows.
+        lam = as_time(lam)
+        log_root = 0.5 * torch.logaddexp(torch.zeros_like(lam), math.log(4.0) + 2 * lam)
+        log_alpha = math.log(2.0) + lam - F.softplus(log_root)
+        return self._linear.t_of_log_alpha(log_alpha)
+
+    def config(self):
+        return {"name": self.name, "beta_min": self._linear.beta_min,
+                "beta_max": self._linear.beta_max}
+
+
+class VESDE(ForwardProcess):
+    """Variance-exploding SDE (Song & Ermon; Song et al. 2021): ``alpha = 1``,
+    ``sigma = sigma_min (sigma_max / sigma_min)^t``; prior ``N(0, sigma_max^2 I)``."""
+
+    name = "ve"
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        self.sigma_min = check_float("sigma_min", sigma_min, 0.0, None, low_open=True)
+        self.sigma_max = check_float("sigma_max", sigma_max, sigma_min, None, low_open=True)
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+        self.prior_std = self.sigma_max
+
+    def log_alpha(self, t):
+        return torch.zeros_like(as_time(t))
+
+    def sigma(self, t):
+        return self.sigma_min * torch.exp(as_time(t) * self._log_ratio)
+
+    def f(self, t):
+        return torch.zeros_like(as_time(t))
+
+    def g2(self, t):
+        return 2 * self._log_ratio * self.sigma(t) ** 2
+
+    def t_of_log_snr(self, lam):
+        return (-as_time(lam) - math.log(self.sigma_min)) / self._log_ratio
+
+    def config(self):
+        return {"name": self.name, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+
+@dataclass(frozen=True)
+class DDPMChain:
+    """A discrete DDPM chain: ``betas[i-1] = beta_i`` at continuous time ``times[i-1] = t_i``.
+
+    The map between the discrete index ``i in 1..N`` and continuous time is ``t_i = i T / N``; it
+    lives here and nowhere else (``index_to_time`` / ``time_to_index``). ``alphas_cumprod`` is
+    Ho et al.'s ``alpha_bar_i = prod_{j <= i} (1 - beta_j)``, whose square root plays ``alpha(t_i)``.
+    """
+
+    betas: torch.Tensor
+    times: torch.Tensor
+
+    @property
+    def N(self) -> int:
+        return self.betas.shape[0]
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return torch.exp(torch.cumsum(torch.log1p(-self.betas), dim=0))
+
+    def index_to_time(self, i: torch.Tensor) -> torch.Tensor:
+        """Continuous time of the 1-based step index ``i``."""
+        return self.times[torch.as_tensor(i) - 1]
+
+    def time_to_index(self, t: torch.Tensor) -> torch.Tensor:
+        """Nearest 1-based step index of continuous time ``t``."""
+        step = self.times[0]
+        return torch.clamp(torch.round(as_time(t) / step), 1, self.N).long()
+
+
+SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+
+
+def sde_from_config(config: dict) -> ForwardProcess:
+    """Rebuild a process from :meth:`ForwardProcess.config`."""
+    config = dict(config)
+    name = check_choice("process", config.pop("name", None), SDES)
+    cls = SDES[name]
+    allowed = cls.__init__.__code__.co_varnames[1:cls.__init__.__code__.co_argcount]
+    check_options(f"process {name!r}", config, allowed)
+    return cls(**config)
