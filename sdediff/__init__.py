@@ -7,8 +7,8 @@ denoising score matching and training.
 from .checks import NumericalError
 from .losses import dsm_loss
 from .score import PREDICTIONS, GaussianMixture, ScoreModel, convert_prediction
-from .sde import SDES, DDPMChain, ForwardProcess, SubVPSDE, VESDE, VPSDE, sde_from_config
-from .train import Trainer, TrainConfig
+from .sde import SDES, VESDE, VPSDE, DDPMChain, ForwardProcess, SubVPSDE, sde_from_config
+from .train import TrainConfig, Trainer
 
 __version__ = "0.1.0"
 

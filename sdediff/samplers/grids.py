@@ -1,0 +1,117 @@
+"""Time grids ``T = t_0 > t_1 > ... > t_N = t_end`` for fixed-step samplers.
+
+Every grid starts at exactly ``T`` (the first network call sees the prior's time) and ends at
+exactly ``t_end``, with ``N + 1`` strictly decreasing float64 points and no repeated final time.
+
+============  ==================================================================================
+name          spacing (``i = 0..N``)
+============  ==================================================================================
+uniform       uniform in ``t``: ``t_i = T + (i/N)(t_end - T)``
+logsnr        uniform in log-SNR ``lambda``, mapped back with ``t_of_log_snr``
+quadratic     uniform in ``sqrt(t)``: ``t_i = (sqrt(T) + (i/N)(sqrt(t_end) - sqrt(T)))^2``
+karras        Karras et al.'s rho = 7 spacing of ``sigma~ = sigma/alpha = exp(-lambda)``:
+              ``sigma~_i = (sigma~_max^(1/rho) + (i/N)(sigma~_min^(1/rho) - sigma~_max^(1/rho)))^rho``
+edm           EDM's published recipe: the rho = 7 spacing over EDM's noise range
+              ``sigma~ in [0.002, 80]`` clipped to the process's own range, with the first and
+              last times then pinned at ``T`` and ``t_end``
+============  ==================================================================================
+
+For ``karras``, ``sigma~_max`` and ``sigma~_min`` are the process's own values at ``T`` and
+``t_end``. The rho grids put more steps near the data, where the probability-flow ODE is stiff.
+For the linear VP (``sigma~(T) = 152``) ``edm`` spends its first step on ``sigma~`` 152 -> 80; for
+VE (``sigma~`` in [0.01, 50]) it equals ``karras``. An explicit tensor of times is accepted too
+(:func:`make_grid`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..checks import check_choice, check_int
+from ..utils import as_time
+
+#: Karras et al. (2022), eq. 5 and Table 1: rho = 7.
+KARRAS_RHO = 7.0
+
+
+def _endpoints(sde, t_end: float) -> torch.Tensor:
+    return torch.tensor([sde.T, t_end], dtype=torch.float64)
+
+
+def _fraction(steps: int) -> torch.Tensor:
+    return torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+
+
+def _pin(ts: torch.Tensor, sde, t_end: float) -> torch.Tensor:
+    """Set the endpoints exactly (round trips through lambda may move them by an ulp)."""
+    ts[0], ts[-1] = sde.T, t_end
+    return ts
+
+
+def uniform(sde, steps: int, t_end: float) -> torch.Tensor:
+    return _pin(sde.T + _fraction(steps) * (t_end - sde.T), sde, t_end)
+
+
+def quadratic(sde, steps: int, t_end: float) -> torch.Tensor:
+    lo, hi = t_end**0.5, sde.T**0.5
+    return _pin((hi + _fraction(steps) * (lo - hi)) ** 2, sde, t_end)
+
+
+def logsnr(sde, steps: int, t_end: float) -> torch.Tensor:
+    lam_T, lam_end = sde.log_snr(_endpoints(sde, t_end))
+    return _pin(sde.t_of_log_snr(lam_T + _fraction(steps) * (lam_end - lam_T)), sde, t_end)
+
+
+def _rho_grid(sde, steps: int, t_end: float, sigma_max: float, sigma_min: float,
+              rho: float = KARRAS_RHO) -> torch.Tensor:
+    """Times whose ``sigma~ = exp(-lambda)`` follow Karras et al.'s eq. 5 from ``sigma_max`` to
+    ``sigma_min``, endpoints pinned at ``T`` and ``t_end``."""
+    ramp = _fraction(steps)
+    sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho)))
+    return _pin(sde.t_of_log_snr(-rho * torch.log(sigmas)), sde, t_end)
+
+
+def _sigma_range(sde, t_end: float) -> tuple[float, float]:
+    sigma_max, sigma_min = torch.exp(-sde.log_snr(_endpoints(sde, t_end))).tolist()
+    return sigma_max, sigma_min
+
+
+def karras(sde, steps: int, t_end: float) -> torch.Tensor:
+    return _rho_grid(sde, steps, t_end, *_sigma_range(sde, t_end))
+
+
+#: EDM's default noise range (Karras et al. 2022, Table 1).
+EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0
+
+
+def edm(sde, steps: int, t_end: float) -> torch.Tensor:
+    sigma_max, sigma_min = _sigma_range(sde, t_end)
+    return _rho_grid(sde, steps, t_end, min(sigma_max, EDM_SIGMA_MAX),
+                     max(sigma_min, EDM_SIGMA_MIN))
+
+
+GRIDS = {"uniform": uniform, "logsnr": logsnr, "quadratic": quadratic, "karras": karras,
+         "edm": edm}
+
+
+def check_grid(ts: torch.Tensor, sde, t_end: float) -> torch.Tensor:
+    """An explicit grid: 1-D, at least two points, from ``T`` down to ``t_end``, strictly
+    decreasing."""
+    ts = as_time(ts).to(torch.float64).flatten()
+    if ts.numel() < 2:
+        raise ValueError(f"an explicit time grid needs at least 2 points, got {ts.numel()}")
+    if not bool((ts[1:] < ts[:-1]).all()):
+        raise ValueError("an explicit time grid must be strictly decreasing (from T to t_end)")
+    if abs(float(ts[0]) - sde.T) > 1e-12 or abs(float(ts[-1]) - t_end) > 1e-12:
+        raise ValueError(f"an explicit time grid must run from T = {sde.T} to t_end = {t_end}, "
+                         f"got {float(ts[0])} .. {float(ts[-1])}")
+    return ts
+
+
+def make_grid(schedule, sde, steps: int, t_end: float) -> torch.Tensor:
+    """The grid named ``schedule`` (see :data:`GRIDS`) or an explicit tensor of times."""
+    if isinstance(schedule, torch.Tensor):
+        return check_grid(schedule, sde, t_end)
+    check_choice("schedule", schedule, GRIDS)
+    check_int("steps", steps, minimum=1)
+    return GRIDS[schedule](sde, steps, t_end)

@@ -1,0 +1,243 @@
+"""Training by denoising score matching: :class:`Trainer`.
+
+AdamW with linear learning-rate warm-up, gradient-norm clipping, EMA weights (with score_sde's
+warm-up ``decay_n = min(decay, (1 + n) / (10 + n))``), a tqdm bar with the running loss, a CSV loss
+log and a loss-curve PNG, and atomic checkpoints (:mod:`sdediff.checkpoint`).
+
+Exact resume. All randomness of step ``n`` (batch indices, times, noise, dropout) comes from
+generators seeded with ``(seed, n, rank)`` inside :func:`torch.random.fork_rng`, so the random
+stream is a function of the step and the global RNG is left untouched. With the model, EMA and
+optimizer states restored, training ``2N`` steps equals ``N`` steps, resume, ``N`` steps, bit for bit.
+
+Distributed. When ``torch.distributed`` is initialised (``torchrun``), the network is wrapped in
+``DistributedDataParallel``, each rank draws its own batch (its rank is in the seed) and only
+rank 0 writes checkpoints, logs and the progress bar.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .checkpoint import load_weights, read_config, resolve_checkpoint, save_checkpoint
+from .checks import check_choice, check_finite_value, check_float, check_int
+from .losses import WEIGHTINGS, dsm_loss
+from .score import PREDICTIONS, ScoreModel
+
+LOSS_CSV = "loss.csv"
+LOSS_PNG = "loss.png"
+# Large odd multipliers keep the per-step seeds of different (seed, step, rank) apart.
+_SEED_STRIDE_STEP = 1_000_003
+_SEED_STRIDE_RANK = 7_919
+
+
+@dataclass
+class TrainConfig:
+    """Options of a training run (all saved in the checkpoint config)."""
+
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    weighting: str = "eps"
+    checkpoint_every: int = 500
+    seed: int = 0
+
+    def __post_init__(self):
+        check_int("steps", self.steps, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_float("lr", self.lr, 0.0, None, low_open=True)
+        check_float("weight_decay", self.weight_decay, 0.0, None)
+        check_int("warmup", self.warmup, minimum=0)
+        check_float("grad_clip", self.grad_clip, 0.0, None, low_open=True)
+        check_float("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
+        check_choice("weighting", self.weighting, WEIGHTINGS)
+        check_int("checkpoint_every", self.checkpoint_every, minimum=1)
+        check_int("seed", self.seed, minimum=0)
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """Train ``net`` (predicting ``prediction``) on ``data`` ``(N, ...)`` under process ``sde``.
+
+    ``meta`` is stored in the checkpoint config (for instance the data description);
+    ``out_dir`` receives checkpoints, ``loss.csv`` and ``loss.png``.
+    """
+
+    def __init__(self, net: torch.nn.Module, sde, data: torch.Tensor, out_dir,
+                 config: TrainConfig | None = None, prediction: str = "eps",
+                 meta: dict | None = None, progress: bool = True, device=None):
+        self.config = config or TrainConfig()
+        self.prediction = check_choice("prediction", prediction, PREDICTIONS)
+        self.rank, self.world_size = _dist_rank_world()
+        self.device = torch.device(device or "cpu")
+        self.net = net.to(self.device)
+        self.ema_net = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.sde = sde
+        self.data = data
+        self.out_dir = Path(out_dir)
+        self.meta = meta or {}
+        self.progress = progress and self.rank == 0
+        self.step = 0
+        train_net = self.net
+        if self.world_size > 1:
+            train_net = torch.nn.parallel.DistributedDataParallel(self.net)
+        self.model = ScoreModel(train_net, sde, prediction=self.prediction)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.config.lr,
+                                           weight_decay=self.config.weight_decay)
+
+    # --- state ------------------------------------------------------------------------------
+    def checkpoint_config(self) -> dict:
+        return {"net": self.net.config, "sde": self.sde.config(), "prediction": self.prediction,
+                "data": self.meta, "train": asdict(self.config)}
+
+    def save(self) -> Path | None:
+        """Checkpoint the current step (rank 0 writes; every rank waits for it)."""
+        folder = None
+        if self.rank == 0:
+            folder = save_checkpoint(self.out_dir, self.step, self.net, self.ema_net,
+                                     self.optimizer, self.checkpoint_config())
+            self._plot_loss()
+        if self.world_size > 1:
+            dist.barrier()
+        return folder
+
+    def resume(self, path=None) -> int:
+        """Restore model, EMA, optimizer and step from ``path`` (default: this run's newest)."""
+        folder = resolve_checkpoint(path or self.out_dir)
+        config = read_config(folder)
+        load_weights(self.net, folder / "model.safetensors")
+        load_weights(self.ema_net, folder / "ema.safetensors")
+        state = torch.load(folder / "optimizer.pt", weights_only=True, map_location=self.device)
+        self.optimizer.load_state_dict(state)
+        self.step = int(config["step"])
+        if self.rank == 0:
+            self._truncate_log(self.step)
+        return self.step
+
+    # --- one step ---------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up to ``lr`` over ``warmup`` steps, then constant."""
+        warmup = self.config.warmup
+        return self.config.lr * min(1.0, (step + 1) / warmup) if warmup else self.config.lr
+
+    def ema_decay_at(self, step: int) -> float:
+        return min(self.config.ema_decay, (1 + step) / (10 + step))
+
+    def _step_seed(self, step: int) -> int:
+        return (self.config.seed * _SEED_STRIDE_STEP + step) * _SEED_STRIDE_RANK + self.rank
+
+    def train_step(self) -> float:
+        """One optimisation step at ``self.step``; returns the (local) loss."""
+        cfg = self.config
+        self.net.train()
+        generator = torch.Generator(device=self.device).manual_seed(self._step_seed(self.step))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._step_seed(self.step))  # dropout draws from the global RNG
+            idx = torch.randint(len(self.data), (cfg.batch_size,), generator=generator,
+                                device=self.device)
+            x0 = self.data[idx.to(self.data.device)].to(self.device)
+            loss = dsm_loss(self.model, x0, weighting=cfg.weighting, generator=generator)
+            value = float(loss.detach())
+            check_finite_value(f"training loss at step {self.step}", value,
+                               "lower --lr or raise the warm-up; the last good checkpoint is kept")
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_at(self.step)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+        decay = self.ema_decay_at(self.step)
+        with torch.no_grad():
+            for ema_p, p in zip(self.ema_net.parameters(), self.net.parameters(), strict=True):
+                ema_p.lerp_(p, 1.0 - decay)
+            for ema_b, b in zip(self.ema_net.buffers(), self.net.buffers(), strict=True):
+                ema_b.copy_(b)
+        self.step += 1
+        return value
+
+    # --- the loop ---------------------------------------------------------------------------
+    def fit(self, steps: int | None = None) -> dict:
+        """Train until ``steps`` (default ``config.steps``) total steps; checkpoint every
+        ``checkpoint_every`` steps and at the end. Returns throughput figures."""
+        total = check_int("steps", steps if steps is not None else self.config.steps, minimum=0)
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        log = self._open_log() if self.rank == 0 else None
+        bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc="train",
+                   dynamic_ncols=True)
+        start, first_step, running = time.perf_counter(), self.step, None
+        try:
+            while self.step < total:
+                loss = self.train_step()
+                running = loss if running is None else 0.98 * running + 0.02 * loss
+                if log is not None:
+                    log.writerow([self.step, f"{loss:.6g}", f"{self.lr_at(self.step - 1):.6g}",
+                                  f"{time.perf_counter() - start:.3f}"])
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.4f}")
+                if self.step % self.config.checkpoint_every == 0 or self.step == total:
+                    if log is not None:
+                        self._log_file.flush()
+                    self.save()
+        finally:
+            bar.close()
+            if log is not None:
+                self._log_file.close()
+        seconds = time.perf_counter() - start
+        done = self.step - first_step
+        return {"steps": done, "seconds": seconds,
+                "examples_per_second": done * self.config.batch_size * self.world_size
+                / max(seconds, 1e-9), "final_loss": running}
+
+    # --- loss log ---------------------------------------------------------------------------
+    def _open_log(self):
+        path = self.out_dir / LOSS_CSV
+        fresh = not path.exists()
+        self._log_file = open(path, "a", newline="")
+        writer = csv.writer(self._log_file)
+        if fresh:
+            writer.writerow(["step", "loss", "lr", "seconds"])
+        return writer
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log rows past the resumed step (written after the checkpoint, before a crash)."""
+        path = self.out_dir / LOSS_CSV
+        if not path.exists():
+            return
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+        kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+        with open(path, "w", newline="") as fh:
+            csv.writer(fh).writerows(kept)
+
+    def _plot_loss(self) -> None:
+        from .plotting import plot_loss_curve
+
+        path = self.out_dir / LOSS_CSV
+        if path.exists():
+            plot_loss_curve(path, self.out_dir / LOSS_PNG)
+
+
+def train_config_from(mapping: dict) -> TrainConfig:
+    """A :class:`TrainConfig` from a dict, refusing unknown keys by name."""
+    from .checks import check_options
+
+    check_options("training", mapping, [f.name for f in fields(TrainConfig)])
+    return TrainConfig(**mapping)
+
