@@ -1,11 +1,13 @@
 """sdediff: score-based diffusion models through SDEs and ODEs.
 
 Public API (see ``docs/`` and the design notes): forward processes, the one score interface,
-denoising score matching and training.
+samplers by name, denoising score matching and training.
 """
 
 from .checks import NumericalError
+from . import samplers
 from .losses import dsm_loss
+from .samplers import sample
 from .score import PREDICTIONS, GaussianMixture, ScoreModel, convert_prediction
 from .sde import SDES, VESDE, VPSDE, DDPMChain, ForwardProcess, SubVPSDE, sde_from_config
 from .train import TrainConfig, Trainer
@@ -27,5 +29,7 @@ __all__ = [
     "VPSDE",
     "convert_prediction",
     "dsm_loss",
+    "sample",
+    "samplers",
     "sde_from_config",
 ]
