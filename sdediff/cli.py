@@ -7,7 +7,6 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -109,24 +108,171 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def sampler_rows() -> list[dict]:
+    """One row per registered sampler, read from its declared metadata."""
+    from . import samplers
+
+    rows = []
+    for name in samplers.available():
+        sampler = samplers.get(name)
+        per_10 = sampler.nfe(10)
+        if per_10 is None:
+            nfe = "adaptive"
+        elif per_10 == 10 * sampler.nfe(1):
+            nfe = str(sampler.nfe(1))
+        else:
+            nfe = f"{per_10} per 10 steps"
+        rows.append({"name": name, "family": sampler.family,
+                     "deterministic": "no" if sampler.is_stochastic() else "yes",
+                     "order": f"{sampler.order:g}", "nfe_per_step": nfe,
+                     "options": ", ".join(f"{k}={v}" for k, v in sampler.defaults.items())})
+    return rows
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns),
+             "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_samplers(args) -> int:
+    print(format_table(sampler_rows(),
+                       ["name", "family", "deterministic", "order", "nfe_per_step", "options"]))
+    return 0
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """``key=value`` pairs; values become int, float, bool or stay strings."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"sampler option {pair!r} must look like key=value (e.g. eta=0.5)")
+        for convert in (int, float):
+            try:
+                options[key] = convert(value)
+                break
+            except ValueError:
+                continue
+        else:
+            options[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return options
+
+
+def write_samples(x, out: Path, data_config: dict, data=None) -> list[Path]:
+    """Samples as .npy (or .pt) plus a PNG: a scatter over the data's density for points,
+    an image grid for images."""
+    import numpy as np
+    import torch
+
+    from .plotting import plot_points, save_image_grid
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".pt":
+        torch.save(x.cpu(), out)
+    else:
+        out = out.with_suffix(".npy")
+        np.save(out, x.cpu().numpy())
+    png = out.with_suffix(".png")
+    if data_config.get("kind") == "images":
+        save_image_grid(x[:100], png, data_range=tuple(data_config.get("data_range", (-1, 1))))
+    else:
+        plot_points({f"{len(x)} samples": x[:, :2]}, None if data is None else data[:, :2], png)
+    return [out, png]
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from . import samplers
+    from .checkpoint import load_model
+    from .checks import check_int
     from .data import load_dataset
+
+    model, config = load_model(args.checkpoint)
+    check_int("--num", args.num, minimum=1)
+    shape = (args.num, *config["data"]["shape"])
+    options = parse_options(args.option)
+    samplers.get(args.sampler, **options)  # unknown names and options fail before any work
+    result = samplers.sample(model, shape=shape, sampler=args.sampler, steps=args.steps,
+                             generator=torch.Generator().manual_seed(args.seed),
+                             progress=not args.no_progress, return_info=True, **options)
+    data = None
+    if config["data"].get("kind") == "points":
+        try:
+            data = load_dataset(config["data"]["name"]).test
+        except (ValueError, FileNotFoundError):
+            data = None  # the training data is gone: plot the samples alone
+    files = write_samples(result.x, Path(args.out), config["data"], data)
+    print(f"{args.sampler}: {args.num} samples, NFE {result.nfe}, {result.seconds:.2f} s; "
+          f"wrote {', '.join(str(f) for f in files)}")
+    return 0
+
+
+#: Steps per sampler in the demo: fast solvers get few, SDE samplers need more.
+DEMO_STEPS = {"ode": None, "ddim": 50, "ddpm": 200, "euler_maruyama": 200, "sde": 200,
+              "reverse_diffusion": 200, "pc": 100}
+DEMO_DEFAULT_STEPS = 25
+
+
+def cmd_demo(args) -> int:
+    import torch
+
+    from . import samplers
+    from .data import load_dataset
+    from .metrics import energy_distance, two_sample_floor
+    from .plotting import plot_points, plot_trajectories
+    from .score import ScoreModel
     from .train import TrainConfig, Trainer
 
     out = Path(args.out)
-    dataset = load_dataset("8gaussians", seed=0)
+    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    dataset = load_dataset(args.data, seed=0)
+    if dataset.kind != "points":
+        return _fail(f"the demo needs a 2-D toy data set, got {args.data!r} ({dataset.kind})")
+    torch.manual_seed(0)
     trainer = Trainer(default_net(dataset, "mlp"), make_process("vp"), dataset.train,
-                      out / "model", config=TrainConfig(steps=args.steps, batch_size=512, lr=1e-3,
+                      out / "model", config=TrainConfig(steps=args.steps, batch_size=512, lr=2e-3,
+                                                        ema_decay=0.995,
                                                         checkpoint_every=args.steps),
                       meta=dataset.to_config(), progress=not args.no_progress)
     stats = trainer.fit()
-    summary = {"data": dataset.name, "steps": stats["steps"],
-               "seconds": round(time.perf_counter() - start, 2),
-               "final_loss": round(stats["final_loss"], 5), "model": str(out / "model")}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"demo: trained a 2-D score model on {dataset.name} in {summary['seconds']} s; "
-          f"results in {out} (model/, model/loss.png, summary.json)")
+    train_seconds = time.perf_counter() - start
+    model = ScoreModel(trainer.ema_net, trainer.sde, prediction=trainer.prediction)
+    reference = dataset.test[: args.num]
+    floor = two_sample_floor(lambda n, g: dataset.test[torch.randint(len(dataset.test), (n,),
+                                                                     generator=g)], args.num)
+    rows, panels = [], {}
+    for name in samplers.available():
+        steps = DEMO_STEPS.get(name, DEMO_DEFAULT_STEPS)
+        result = samplers.sample(model, shape=(args.num, 2), sampler=name, steps=steps,
+                                 generator=torch.Generator().manual_seed(1), return_info=True)
+        distance = energy_distance(result.x, reference)
+        rows.append({"sampler": name, "steps": "adaptive" if steps is None else steps,
+                     "nfe": result.nfe, "seconds": f"{result.seconds:.2f}",
+                     "energy_distance": f"{distance:.4f}", "floor": f"{floor:.4f}"})
+        panels[f"{name}: {result.nfe} NFE, ED {distance:.3f}"] = result.x
+        print(f"  {name:<18} NFE {result.nfe:>5}  {result.seconds:6.2f} s  energy distance "
+              f"{distance:.4f} (floor {floor:.4f})")
+    panels[f"data (held out), floor {floor:.3f}"] = reference
+    plot_points(panels, dataset.train, out / "samplers.png")
+    flow = samplers.sample(model, shape=(256, 2), sampler="ddim", steps=100,
+                           generator=torch.Generator().manual_seed(2), keep_trajectory=True,
+                           return_info=True)
+    plot_trajectories(flow.trajectory, dataset.train, out / "trajectories.png")
+    table = format_table(rows, ["sampler", "steps", "nfe", "seconds", "energy_distance", "floor"])
+    (out / "summary.md").write_text(
+        f"# sdediff demo\n\nData: {dataset.name}; MLP trained {stats['steps']} steps in "
+        f"{train_seconds:.1f} s (final loss {stats['final_loss']:.4f}).\n"
+        f"Quality: energy distance of {args.num} samples to {args.num} held-out points "
+        f"(floor: two held-out sets of that size).\n\n```\n{table}\n```\n\n"
+        "![samplers](samplers.png)\n\n![trajectories](trajectories.png)\n")
+    print(table)
+    print(f"demo finished in {time.perf_counter() - start:.1f} s; wrote {out / 'samplers.png'}, "
+          f"{out / 'trajectories.png'}, {out / 'summary.md'} and the model in {out / 'model'}")
     return 0
 
 
@@ -153,9 +299,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("demo", help="the main job on built-in data")
+    p = sub.add_parser("samplers", help="list the registered samplers")
+    p.set_defaults(func=cmd_samplers)
+
+    p = sub.add_parser("sample", help="generate samples from a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint folder")
+    p.add_argument("--sampler", default="ddim", help="a name from `sdediff samplers`")
+    p.add_argument("--steps", type=int, help="steps (default per sampler)")
+    p.add_argument("--num", type=int, default=64, help="number of samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="samples.npy", help=".npy or .pt; a .png is written beside")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="sampler option, e.g. -o eta=0.5 -o schedule=logsnr")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("demo", help="the main job on built-in data: train, then every sampler")
     p.add_argument("--out", default="sdediff-demo")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--data", default="8gaussians")
+    p.add_argument("--steps", type=int, default=2000, help="training steps")
+    p.add_argument("--num", type=int, default=2000, help="samples per sampler")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser

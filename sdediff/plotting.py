@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -34,4 +36,90 @@ def plot_loss_curve(csv_path, png_path, smooth: float = 0.98) -> Path:
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     plt.close(fig)
+    return Path(png_path)
+
+
+def _density_background(ax, data: torch.Tensor, lim: float) -> None:
+    """The data's density as a grey 2-D histogram behind a scatter."""
+    xy = data.detach().double().reshape(data.shape[0], -1)[:, :2].numpy()
+    ax.hist2d(xy[:, 0], xy[:, 1], bins=120, range=[[-lim, lim], [-lim, lim]], cmap="Greys",
+              density=True)
+
+
+def _plot_limit(*tensors: torch.Tensor) -> float:
+    spread = max(float(t.detach().abs().reshape(-1).quantile(0.995)) for t in tensors)
+    return 1.15 * spread
+
+
+def plot_points(panels: dict, data: torch.Tensor | None, png_path, ncols: int = 4,
+                size: float = 3.0) -> Path:
+    """Scatter plots of 2-D samples side by side, one panel per entry of ``panels``
+    (title -> ``(n, 2)`` tensor), each over the data's density."""
+    names = list(panels)
+    ncols = min(ncols, len(names))
+    nrows = (len(names) + ncols - 1) // ncols
+    lim = _plot_limit(*panels.values(), *(() if data is None else (data,)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names, strict=False):
+        if data is not None:
+            _density_background(ax, data, lim)
+        xy = panels[name].detach().double().numpy()
+        ax.scatter(xy[:, 0], xy[:, 1], s=1.5, c="tab:orange", alpha=0.6, linewidths=0)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(name, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return Path(png_path)
+
+
+def plot_trajectories(trajectory: torch.Tensor, data: torch.Tensor | None, png_path,
+                      n_paths: int = 64) -> Path:
+    """Probability-flow paths of 2-D points: ``trajectory`` ``(steps + 1, B, 2)`` from the prior
+    (grey dots) to the samples (orange dots)."""
+    paths = trajectory[:, :n_paths].detach().double().numpy()
+    lim = _plot_limit(trajectory[0], trajectory[-1])
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    if data is not None:
+        _density_background(ax, data, lim)
+    for k in range(paths.shape[1]):
+        ax.plot(paths[:, k, 0], paths[:, k, 1], lw=0.6, alpha=0.7, color="tab:blue")
+    ax.scatter(paths[0, :, 0], paths[0, :, 1], s=6, c="grey", label="x_T (prior)")
+    ax.scatter(paths[-1, :, 0], paths[-1, :, 1], s=6, c="tab:orange", label="x at t_end")
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("probability-flow ODE trajectories")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return Path(png_path)
+
+
+def save_image_grid(images: torch.Tensor, png_path, nrow: int | None = None,
+                    data_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+    """Images ``(B, C, H, W)`` (``C`` = 1 or 3, values in ``data_range``) tiled into one PNG."""
+    x = images.detach().double().clamp(*data_range)
+    x = (x - data_range[0]) / (data_range[1] - data_range[0])
+    B, C, H, W = x.shape
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(B))))
+    ncol = int(math.ceil(B / nrow))
+    pad = 1
+    canvas = torch.ones(C, ncol * (H + pad) + pad, nrow * (W + pad) + pad, dtype=x.dtype)
+    for k in range(B):
+        r, c = divmod(k, nrow)
+        top, left = pad + r * (H + pad), pad + c * (W + pad)
+        canvas[:, top:top + H, left:left + W] = x[k]
+    array = canvas.permute(1, 2, 0).numpy()
+    scale = max(1, 256 // max(canvas.shape[1:]))
+    array = array.repeat(scale, axis=0).repeat(scale, axis=1)
+    plt.imsave(png_path, array[..., 0] if C == 1 else array, cmap="gray" if C == 1 else None,
+               vmin=0.0, vmax=1.0)
     return Path(png_path)

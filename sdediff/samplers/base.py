@@ -91,10 +91,7 @@ class Sampler:
 
     # --- the shared driver ------------------------------------------------------------------
     def grid(self, sde, steps: int, t_end: float) -> torch.Tensor:
-        schedule = self.options.get("schedule", "uniform")
-        if not isinstance(schedule, torch.Tensor):
-            check_int("steps", steps, minimum=self.min_steps)
-        return make_grid(schedule, sde, steps, t_end)
+        return make_grid(self.options.get("schedule", "uniform"), sde, steps, t_end)
 
     def __call__(self, model: ScoreModel, x_T: torch.Tensor, steps: int | None = None,
                  generator: torch.Generator | None = None, t_end: float = 1e-3,
@@ -109,7 +106,8 @@ class Sampler:
         if x_T.dim() < 2:
             raise ValueError(f"x_T must have shape (batch, ...), got {tuple(x_T.shape)}")
         check_float("t_end", t_end, 0.0, sde.T, low_open=True, high_open=True)
-        steps = self.default_steps if steps is None else steps
+        steps = check_int("steps", self.default_steps if steps is None else steps,
+                          minimum=self.min_steps)
         ts = self.grid(sde, steps, t_end)
         n_steps = ts.numel() - 1
         noise = None

@@ -25,6 +25,8 @@ VE (``sigma~`` in [0.01, 50]) it equals ``karras``. An explicit tensor of times 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..checks import check_choice, check_int
@@ -102,10 +104,12 @@ def check_grid(ts: torch.Tensor, sde, t_end: float) -> torch.Tensor:
         raise ValueError(f"an explicit time grid needs at least 2 points, got {ts.numel()}")
     if not bool((ts[1:] < ts[:-1]).all()):
         raise ValueError("an explicit time grid must be strictly decreasing (from T to t_end)")
-    if abs(float(ts[0]) - sde.T) > 1e-12 or abs(float(ts[-1]) - t_end) > 1e-12:
+    # float32 grids are accepted: endpoints within float32 precision are pinned exactly
+    if not (math.isclose(float(ts[0]), sde.T, rel_tol=1e-6)
+            and math.isclose(float(ts[-1]), t_end, rel_tol=1e-6)):
         raise ValueError(f"an explicit time grid must run from T = {sde.T} to t_end = {t_end}, "
-                         f"got {float(ts[0])} .. {float(ts[-1])}")
-    return ts
+                         f"got {float(ts[0]):.6g} .. {float(ts[-1]):.6g}")
+    return _pin(ts.clone(), sde, t_end)
 
 
 def make_grid(schedule, sde, steps: int, t_end: float) -> torch.Tensor:
