@@ -1,0 +1,153 @@
+"""The reverse SDE through ``torchsde.sdeint`` (Li et al. 2020, torchsde; Song et al. 2021, eq. 6).
+
+torchsde integrates forward in time, so the reverse SDE ``dx = [f x - g^2 score] dt + g dw``, run
+from ``T`` down to ``t_end``, is written in ``s = T - t`` on ``[0, T - t_end]``:
+
+    dy = -[f(T - s) y - g(T - s)^2 score(y, T - s)] ds + g(T - s) dB(s),   B(s) = W(T) - W(T - s),
+
+an Ito SDE with diagonal noise (``g(t)`` broadcast) on the state flattened to ``(batch, D)``. ``B``
+is a Brownian motion in ``s`` built from the sampler's seeded path ``W``, so ``method="euler"`` sees
+the noise of ``euler_maruyama`` step for step. The drift is
+:meth:`~sdediff.sde.ForwardProcess.reverse_drift`.
+
+Steps: one ``sdeint`` call per grid interval ``[s_i, s_{i+1}]``, with ``dt`` no smaller than it,
+so torchsde takes exactly the grid's steps (one call with a fixed ``dt`` would step off a
+non-uniform grid, and on a uniform one rounding can add a near-zero extra step).
+
+=========  ==========  ============  ========  ============================================
+method     weak order  strong order  NFE/step  Brownian path
+=========  ==========  ============  ========  ============================================
+euler      1           1             1         the sampler's (as ``euler_maruyama``)
+milstein   1           1             1         the sampler's; ``g`` does not depend on ``x``,
+                                               so its correction vanishes: equals ``euler``
+srk        1.5         1.5           3         with space-time Levy area: for the same seed a
+                                               path of its own (Rossler's SRID2 tableau)
+=========  ==========  ============  ========  ============================================
+
+Orders are torchsde's declared ones (strong order 1 for Euler–Maruyama: the noise is additive).
+NFE is exact: ``sdeint`` probes the drift at the start of every call for its shape check, and
+torchsde's SRK re-evaluates earlier stages' drifts inside its stage loop (its fourth drift repeats
+the first, with weight 0); the drift is cached within a step by (time, state value), so each
+distinct evaluation costs one network call.
+
+Unlike ``euler_maruyama``, torchsde adds noise on every step, the last one included; with
+``denoise=True`` the final Tweedie step removes it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchsde
+
+from ..checks import check_choice
+from . import register
+from .base import Sampler
+from .noise import BrownianNoise
+
+#: torchsde methods valid for diagonal-noise Ito SDEs: (weak order, network calls per step).
+METHODS = {"euler": (1.0, 1), "milstein": (1.0, 1), "srk": (1.5, 3)}
+#: torchsde's srk needs the space-time Levy area of the Brownian motion.
+_LEVY_AREA = {"srk": "space-time"}
+
+
+class _ReversedBrownian(torchsde.BaseBrownian):
+    """``B(s) = W(T) - W(T - s)``, flattened to ``(batch, D)``: its increment over ``[s_a, s_b]``
+    is ``W``'s over ``[T - s_b, T - s_a]``, and its space-time integral mirrors,
+    ``U_B = h dW - U_W`` (``U = int (W(u) - W(u_a)) du`` over the interval of length ``h``)."""
+
+    def __init__(self, noise: BrownianNoise, batch: int):
+        super().__init__()
+        self._interval, self._T = noise.interval, noise.T
+        self._shape = (batch, torch.Size(noise.shape[1:]).numel())
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        if tb is None or return_A:
+            raise NotImplementedError("the reversed Brownian motion answers interval queries "
+                                      "with at most the space-time Levy area")
+        t_a, t_b = self._T - float(tb), self._T - float(ta)
+        if not return_U:
+            return self._interval(t_a, t_b).reshape(self._shape)
+        dW, U = self._interval(t_a, t_b, return_U=True)
+        return dW.reshape(self._shape), ((t_b - t_a) * dW - U).reshape(self._shape)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(T={self._T}, shape={self._shape})"
+
+    @property
+    def dtype(self):
+        return self._interval.dtype
+
+    @property
+    def device(self):
+        return self._interval.device
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def levy_area_approximation(self):
+        return self._interval.levy_area_approximation
+
+
+class _ReverseTimeSDE:
+    """The reverse SDE in ``s = T - t`` in torchsde's interface (``f``, ``g`` on ``(batch, D)``)."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, model, shape, T: float):
+        self.model, self.shape, self.T = model, tuple(shape), T
+        self._drifts = []  # (s, y, drift) evaluated in the current step
+
+    def new_step(self):
+        self._drifts.clear()
+
+    def _time(self, s) -> torch.Tensor:
+        return torch.tensor(self.T - float(s), dtype=torch.float64)
+
+    def f(self, s, y):
+        for s_seen, y_seen, drift in self._drifts:
+            if s_seen == float(s) and (y_seen is y or torch.equal(y_seen, y)):
+                return drift
+        drift = -self.model.sde.reverse_drift(self.model, y.reshape(self.shape), self._time(s))
+        drift = drift.reshape(y.shape)
+        self._drifts.append((float(s), y, drift))
+        return drift
+
+    def g(self, s, y):
+        return self.model.sde.diffusion(self._time(s)).to(y.dtype).expand_as(y)
+
+
+@register("sde")
+class ReverseSDE(Sampler):
+    family = "sde"
+    order = 1
+    stochastic = True
+    default_steps = 500
+    defaults = {"schedule": "uniform", "method": "euler"}
+
+    def check_options(self):
+        method = check_choice("method", self.options["method"], METHODS)
+        self.order = METHODS[method][0]  # the configured method's weak order
+
+    def nfe(self, steps):
+        return steps * METHODS[self.options["method"]][1]
+
+    def run(self, model, x, ts, noise, observe):
+        method = self.options["method"]
+        T = float(ts[0])
+        if method in _LEVY_AREA:
+            noise = BrownianNoise(noise.shape, noise.T, noise.seed, dtype=noise.dtype,
+                                  device=noise.device, levy_area_approximation=_LEVY_AREA[method])
+        bm = _ReversedBrownian(noise, x.shape[0])
+        sde = _ReverseTimeSDE(model, x.shape, T)
+        s = (T - ts).tolist()                                     # 0 = s_0 < ... < s_N = T - t_end
+        y = x.reshape(x.shape[0], -1)
+        for i, (s_cur, s_next) in enumerate(zip(s[:-1], s[1:], strict=True)):
+            sde.new_step()
+            span = torch.tensor([s_cur, s_next], dtype=torch.float64, device=x.device)
+            y = torchsde.sdeint(sde, y, span, bm=bm, method=method, dt=2 * (s_next - s_cur),
+                                adaptive=False)[-1]               # one step of `method`
+            observe(i + 1, y.reshape(x.shape))
+        return y.reshape(x.shape)

@@ -1,0 +1,97 @@
+"""The `sdediff` command: outputs written, and every user error one line with exit status 2."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import sdediff as sd
+from sdediff.cli import main
+
+
+def fails_with(capsys, argv, pattern):
+    with pytest.raises(SystemExit) as info:
+        code = main(argv)
+        raise SystemExit(code)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sdediff: error: "), err
+    assert pytest.importorskip("re").search(pattern, err), err
+
+
+def test_unknown_data_set_is_one_line(capsys, tmp_path):
+    fails_with(capsys, ["train", "--data", "nope", "--out", str(tmp_path / "r")],
+               r"unknown data set 'nope'; allowed: swissroll, moons, 8gaussians, checkerboard, "
+               r"gmm, digits, or a path")
+
+
+def test_console_entry_point_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sdediff.cli", "train", "--data", "nope",
+                           "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    assert main(["train", "--data", "digits", "--out", str(out), "--steps", "3",
+                 "--batch-size", "8", "--checkpoint-every", "2", "--no-progress"]) == 0
+    return out
+
+
+def test_train_writes_checkpoint_log_and_plot(digits_run):
+    assert (digits_run / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+    assert (digits_run / "loss.csv").read_text().count("\n") == 4  # header + 3 steps
+    assert (digits_run / "loss.png").stat().st_size > 1000
+
+
+def test_train_refuses_to_overwrite_and_resumes(capsys, digits_run):
+    fails_with(capsys, ["train", "--data", "digits", "--out", str(digits_run)],
+               r"already holds a training run; pass --resume")
+    assert main(["train", "--data", "digits", "--out", str(digits_run), "--steps", "4",
+                 "--resume", "--no-progress"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert (digits_run / "checkpoints" / "latest").read_text().strip() == "step-00000004"
+
+
+def test_sample_writes_image_grid(capsys, digits_run, tmp_path):
+    out = tmp_path / "digits.npy"
+    assert main(["sample", "--checkpoint", str(digits_run), "--sampler", "ddim", "--steps", "3",
+                 "--num", "6", "--out", str(out), "--no-progress"]) == 0
+    assert np.load(out).shape == (6, 1, 8, 8)
+    assert out.with_suffix(".png").stat().st_size > 500
+    assert "NFE 4" in capsys.readouterr().out  # 3 steps + the final denoise
+
+
+def test_sample_errors_are_one_line(capsys, digits_run, tmp_path):
+    fails_with(capsys, ["sample", "--checkpoint", str(digits_run), "--sampler", "dpm"],
+               r"unknown sampler 'dpm'; allowed: ")
+    fails_with(capsys, ["sample", "--checkpoint", str(digits_run), "-o", "eta=2"],
+               r"eta must be in \[0.0, 1.0\], got 2.0")
+    fails_with(capsys, ["sample", "--checkpoint", str(digits_run), "-o", "churn"],
+               r"must look like key=value")
+    fails_with(capsys, ["sample", "--checkpoint", str(tmp_path / "missing")],
+               r"no checkpoint at .*missing")
+    fails_with(capsys, ["sample", "--checkpoint", str(digits_run), "--num", "0"],
+               r"--num must be >= 1, got 0")
+    fails_with(capsys, ["train", "--data", "digits", "--out", str(tmp_path), "--steps", "x"],
+               r"argument --steps: invalid int value: 'x'")
+
+
+def test_samplers_table_lists_every_sampler(capsys):
+    assert main(["samplers"]) == 0
+    out = capsys.readouterr().out
+    for name in sd.samplers.available():
+        assert f"\n{name} " in out
+
+
+def test_demo_small(capsys, tmp_path):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "30", "--num", "100",
+                 "--no-progress"]) == 0
+    for name in ("samplers.png", "trajectories.png", "summary.md"):
+        assert (tmp_path / name).stat().st_size > 500
+    summary = (tmp_path / "summary.md").read_text()
+    for name in sd.samplers.available():
+        assert f"\n{name} " in summary
