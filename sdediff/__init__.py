@@ -4,8 +4,8 @@ Public API (see ``docs/`` and the design notes): forward processes, the one scor
 samplers by name, denoising score matching and training.
 """
 
-from .checks import NumericalError
 from . import samplers
+from .checks import NumericalError
 from .losses import dsm_loss
 from .samplers import sample
 from .score import PREDICTIONS, GaussianMixture, ScoreModel, convert_prediction

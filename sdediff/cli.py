@@ -137,9 +137,20 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+SAMPLER_COLUMNS = ["name", "family", "deterministic", "order", "nfe_per_step", "options"]
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(f"`{r[c]}`" if c == "name" else str(r[c]) for c in columns) + " |"
+              for r in rows]
+    return "\n".join(lines)
+
+
 def cmd_samplers(args) -> int:
-    print(format_table(sampler_rows(),
-                       ["name", "family", "deterministic", "order", "nfe_per_step", "options"]))
+    rows = sampler_rows()
+    print(markdown_table(rows, SAMPLER_COLUMNS) if args.markdown
+          else format_table(rows, SAMPLER_COLUMNS))
     return 0
 
 
@@ -300,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("samplers", help="list the registered samplers")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table (docs)")
     p.set_defaults(func=cmd_samplers)
 
     p = sub.add_parser("sample", help="generate samples from a checkpoint")

@@ -38,8 +38,8 @@ Observer = Callable[[int, torch.Tensor], None]
 @dataclass
 class SampleResult:
     """``x``: samples ``(B, ...)``; ``nfe``: counted network calls; ``times``: the float64 grid
-    used (for adaptive solvers, the times the solver actually evaluated); ``trajectory``: states
-    after each step ``(steps + 1, B, ...)`` when asked for; ``seconds``: wall time."""
+    used (for adaptive solvers, just ``[T, t_end]``: their steps are internal); ``trajectory``:
+    states after each step ``(steps + 1, B, ...)`` when asked for; ``seconds``: wall time."""
 
     x: torch.Tensor
     nfe: int
