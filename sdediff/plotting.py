@@ -13,20 +13,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_loss_curve(csv_path, png_path, smooth: float = 0.98) -> Path:
-    """Training loss against step from ``loss.csv``: raw (faint) and exponentially smoothed."""
+def plot_loss_curve(csv_path, png_path, points_per_window: int = 40) -> Path:
+    """Training loss against step from ``loss.csv``: raw (faint) and a trailing mean over
+    ``len / points_per_window`` steps (a window that scales with the run, so it never lags far)."""
     steps, losses = [], []
     with open(csv_path, newline="") as fh:
         for row in csv.DictReader(fh):
             steps.append(int(row["step"]))
             losses.append(float(row["loss"]))
-    smoothed, running = [], None
+    window = max(1, len(losses) // points_per_window)
+    cumulative = [0.0]
     for loss in losses:
-        running = loss if running is None else smooth * running + (1 - smooth) * loss
-        smoothed.append(running)
+        cumulative.append(cumulative[-1] + loss)
+    smoothed = [(cumulative[i + 1] - cumulative[max(0, i + 1 - window)]) / min(i + 1, window)
+                for i in range(len(losses))]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, losses, alpha=0.3, lw=0.8, label="loss")
-    ax.plot(steps, smoothed, lw=1.5, label=f"EMA {smooth}")
+    ax.plot(steps, smoothed, lw=1.5, label=f"mean of {window} steps")
     ax.set_xlabel("step")
     ax.set_ylabel("DSM loss")
     if losses and min(losses) > 0:

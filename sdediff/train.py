@@ -33,6 +33,8 @@ from .score import PREDICTIONS, ScoreModel
 
 LOSS_CSV = "loss.csv"
 LOSS_PNG = "loss.png"
+#: Decay of the running loss shown by the progress bar and returned by fit().
+RUNNING_DECAY = 0.98
 # Large odd multipliers keep the per-step seeds of different (seed, step, rank) apart.
 _SEED_STRIDE_STEP = 1_000_003
 _SEED_STRIDE_RANK = 7_919
@@ -181,11 +183,15 @@ class Trainer:
         log = self._open_log() if self.rank == 0 else None
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc="train",
                    dynamic_ncols=True)
-        start, first_step, running = time.perf_counter(), self.step, None
+        start, first_step = time.perf_counter(), self.step
+        running, ema_sum, ema_weight = None, 0.0, 0.0
         try:
             while self.step < total:
                 loss = self.train_step()
-                running = loss if running is None else 0.98 * running + 0.02 * loss
+                # bias-corrected EMA (Adam-style), so short runs show the current loss, not step 1's
+                ema_sum = RUNNING_DECAY * ema_sum + (1 - RUNNING_DECAY) * loss
+                ema_weight = RUNNING_DECAY * ema_weight + (1 - RUNNING_DECAY)
+                running = ema_sum / ema_weight
                 if log is not None:
                     log.writerow([self.step, f"{loss:.6g}", f"{self.lr_at(self.step - 1):.6g}",
                                   f"{time.perf_counter() - start:.3f}"])
