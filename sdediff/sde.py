@@ -77,6 +77,22 @@ class ForwardProcess:
         """JSON-serialisable description, inverted by :func:`sde_from_config`."""
         raise NotImplementedError
 
+    #: Whether ``alpha^2 + sigma^2 = 1``, so that a DDPM chain's ``alpha_bar`` describes it fully.
+    variance_preserving = False
+
+    def discretize(self, N: int) -> DDPMChain:
+        """A DDPM chain of ``N`` steps on the grid ``t_i = i T / N``:
+        ``beta_i = 1 - alpha(t_i)^2 / alpha(t_{i-1})^2``, clipped at 0.999 (Nichol & Dhariwal).
+
+        Only variance-preserving processes are described by their chain; for the others (whose
+        ``alpha`` barely moves, e.g. VE) only its times and index map are meaningful.
+        """
+        check_int("N", N, minimum=1)
+        edges = torch.arange(0, N + 1, dtype=torch.float64) * (self.T / N)
+        log_a = self.log_alpha(edges)
+        betas = (-torch.expm1(2 * (log_a[1:] - log_a[:-1]))).clamp(max=0.999)
+        return DDPMChain(betas=betas, times=edges[1:])
+
     # --- derived quantities -----------------------------------------------------------------
     def alpha(self, t) -> torch.Tensor:
         return torch.exp(self.log_alpha(as_time(t)))
@@ -180,6 +196,7 @@ class VPSDE(ForwardProcess):
 
     name = "vp"
     SCHEDULES = ("linear", "cosine")
+    variance_preserving = True
 
     def __init__(self, schedule: str = "linear", beta_min: float = 0.1, beta_max: float = 20.0,
                  cosine_s: float = 0.008):
@@ -224,18 +241,15 @@ class VPSDE(ForwardProcess):
         """The DDPM chain ``beta_1..beta_N`` on the grid ``t_i = i T / N``.
 
         Linear schedule: Song et al.'s rule ``linspace(beta_min/N, beta_max/N, N)`` (for ``N = 1000``
-        exactly Ho et al.'s ``1e-4 .. 0.02``). Other schedules:
-        ``beta_i = 1 - alpha(t_i)^2 / alpha(t_{i-1})^2``, clipped at 0.999 (Nichol & Dhariwal).
+        exactly Ho et al.'s ``1e-4 .. 0.02``). Cosine: the generic rule of
+        :meth:`ForwardProcess.discretize`.
         """
+        if self.schedule != "linear":
+            return super().discretize(N)
         check_int("N", N, minimum=1)
         times = torch.arange(1, N + 1, dtype=torch.float64) * (self.T / N)
-        if self.schedule == "linear":
-            betas = torch.linspace(self._linear.beta_min / N, self._linear.beta_max / N, N,
-                                   dtype=torch.float64)
-        else:
-            edges = torch.arange(0, N + 1, dtype=torch.float64) * (self.T / N)
-            log_a = self.log_alpha(edges)
-            betas = (-torch.expm1(2 * (log_a[1:] - log_a[:-1]))).clamp(max=0.999)
+        betas = torch.linspace(self._linear.beta_min / N, self._linear.beta_max / N, N,
+                               dtype=torch.float64)
         return DDPMChain(betas=betas, times=times)
 
     def config(self):

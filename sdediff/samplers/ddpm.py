@@ -52,20 +52,6 @@ from .ddim import ddim_coefficients
 VARIANCES = ("beta_tilde", "beta")
 
 
-def process_chain(sde, N: int) -> DDPMChain:
-    """The DDPM chain of ``sde`` with ``N`` steps: ``sde.discretize(N)`` where the process has one
-    (``VPSDE``); otherwise the same grid ``t_i = i T / N`` with the betas of the process's own
-    ``alpha`` (Nichol & Dhariwal's rule, as ``VPSDE.discretize`` for the cosine schedule).
-
-    Only its times and index map are used for processes that are not variance-preserving.
-    """
-    if hasattr(sde, "discretize"):
-        return sde.discretize(N)
-    edges = torch.arange(0, N + 1, dtype=torch.float64) * (sde.T / N)
-    log_alpha = sde.log_alpha(edges)
-    return DDPMChain(betas=-torch.expm1(2 * (log_alpha[1:] - log_alpha[:-1])), times=edges[1:])
-
-
 class ChainSchedule:
     """The ``(alpha, sigma, lambda)`` of a VP DDPM chain at its own times: ``alpha_i^2 = abar_i``,
     ``sigma_i^2 = 1 - abar_i``, so that process-generic step coefficients apply to it."""
@@ -106,7 +92,7 @@ class DDPM(Sampler):
         check_int("num_train_steps", self.options["num_train_steps"], minimum=2)
 
     def grid(self, sde, steps, t_end):
-        chain = process_chain(sde, self.options["num_train_steps"])
+        chain = sde.discretize(self.options["num_train_steps"])
         N, i_end = chain.N, int(chain.time_to_index(t_end))
         check_float(f"largest beta of the num_train_steps = {N} chain (raise num_train_steps)",
                     float(chain.betas.max()), 0.0, 1.0, high_open=True)
@@ -119,7 +105,7 @@ class DDPM(Sampler):
 
     def marginals(self, sde):
         """Where the step coefficients read ``alpha`` and ``sigma``: the VP chain, or ``sde``."""
-        if hasattr(sde, "discretize"):
+        if sde.variance_preserving:
             return ChainSchedule(sde.discretize(self.options["num_train_steps"]))
         return sde
 
