@@ -1,0 +1,62 @@
+"""iPNDM, the improved pseudo-numerical multistep method (Zhang & Chen 2023, "Fast Sampling of
+Diffusion Models with Exponential Integrator", appendix on PNDM; the ``ipndm`` of the DEIS repo
+``th_deis``; Liu et al. 2022's PNDM with lower-order warm-up steps instead of Runge-Kutta ones).
+
+In ``y = x/alpha`` and ``s = sigma/alpha = e^{-lambda}`` the probability-flow ODE is
+``dy/ds = eps_theta(alpha y, t(s))``. iPNDM integrates it with the constant-step Adams-Bashforth
+weights of order ``k_i = min(order, i + 1)`` (:data:`~sdediff.samplers.expint.IPNDM_AB`):
+
+    eps_i = eps_theta(x_i, t_i)
+    y_{i+1} = y_i + (s_{i+1} - s_i) sum_j w^{(k_i)}_j eps_{i-j}
+
+i.e. ``x_{i+1} = (alpha_{i+1}/alpha_i) x_i + alpha_{i+1} (s_{i+1} - s_i) sum_j w_j eps_{i-j}``,
+the DDIM coefficient times the AB combination (the form used here, so the state keeps its scale).
+The weights ignore the grid's varying step, as in the reference: on a non-uniform grid the
+method is formally second order for ``order >= 2`` (the step-size variation enters the local
+error at ``O(h^3)``; measured: 2.0 from 160-640 steps on ``karras``), though the ``order = 4``
+default is much more accurate than the second-order solvers at 10-20 calls.
+
+Default grid ``karras`` (rho = 7 in ``s``): Zhou et al. 2024 ("Fast ODE-based Sampling for
+Diffusion Models in Around 5 Steps", diff-solvers) rerun iPNDM on EDM checkpoints with EDM's
+rho = 7 grid and find it the best of the fast solvers at 3-10 NFE on CIFAR-10; DEIS itself uses
+uniform ``t`` for its VP models.
+
+One network call per step, the first at ``T``. ``x``: ``(B, ...)``, any dtype; coefficients
+float64.
+"""
+
+from __future__ import annotations
+
+from ..checks import check_int
+from . import register
+from .base import Sampler
+from .expint import IPNDM_AB
+
+
+@register("ipndm")
+class IPNDM(Sampler):
+    family = "ipndm"
+    order = 2                     # formal order on the non-uniform grids it is used with
+    default_steps = 10
+    defaults = {"schedule": "karras", "order": 4}
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.order = min(self.options["order"], 2)     # AB-k, k >= 2, is second order here
+
+    def check_options(self):
+        check_int("order", self.options["order"], minimum=1, maximum=max(IPNDM_AB))
+
+    def run(self, model, x, ts, noise, observe):
+        alpha, sigma = model.sde.alpha_sigma(ts)
+        s = (sigma / alpha).tolist()
+        alpha = alpha.tolist()
+        order = self.options["order"]
+        eps = []                                               # eps_i, eps_{i-1}, ... newest first
+        for i in range(ts.numel() - 1):
+            eps = ([model.eps(x, ts[i])] + eps)[:order]        # eps_i = eps_theta(x_i, t_i)
+            w = IPNDM_AB[len(eps)]                             # warm-up: order min(order, i + 1)
+            d = sum(w_j * e_j for w_j, e_j in zip(w, eps, strict=True))
+            x = (alpha[i + 1] / alpha[i]) * x + (alpha[i + 1] * (s[i + 1] - s[i])) * d
+            observe(i + 1, x)
+        return x
