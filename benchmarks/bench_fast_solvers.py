@@ -1,0 +1,322 @@
+"""Issue 4's target table: fast deterministic solvers at 10 and 20 network calls, and the adaptive
+solver's calls to reach an error of 1e-3, on two exact Gaussian mixtures.
+
+Problems (VP linear process, defined here, independent of the tests):
+
+- ``gmm2d``: 8 components on the ring of radius 1.5, std 0.15, weights ``linspace(1, 2)``;
+- ``gmm64``: 64-D, 10 components with means uniform in ``[-1.5, 1.5]^64`` (seed 1), std 0.15,
+  weights ``linspace(1, 2)``.
+
+Every solver starts from the same ``x_T`` (256 prior draws, seed 0, float64) and runs to
+``t_end = 1e-3`` with ``denoise=False``. The error is the RMS distance per sample,
+``sqrt(mean_b ||x_b - x*_b||^2)``, to the exact probability-flow endpoint ``x*`` computed here with
+scipy (``solve_ivp`` DOP853, rtol = atol = 1e-10, in ``y = x/alpha``, ``s = sigma/alpha`` where
+``dy/ds = eps(alpha y, t(s))``). NFE is counted by the ``ScoreModel``.
+
+- **Baseline**: the best error of ``dpm_solver++`` orders 2 and 3 (sdediff's exact third order and
+  the reference code's 3M, ``reference_3m=True``) on the ``uniform``, ``logsnr`` and ``karras``
+  grids, at NFE 10 and 20.
+- **Ours**: the best of every sdediff solver configuration on every named grid and on grids
+  fitted by :func:`sdediff.samplers.fitted.fit_grid` to an independent **pilot** batch (256
+  prior draws, seed 1234; its reference is the ``ode`` sampler at rtol = atol = 1e-7, never the
+  scipy reference). Reported twice: the best on the evaluation batch, and the configuration
+  **chosen on the pilot** (lowest pilot error), which uses nothing of the evaluation batch.
+  Heun's ``2N - 1`` calls cannot make 10 or 20: it enters at 9 and 19.
+- **Adaptive**: ``rtol = atol = tol`` swept over ``10^(-k/8)``; the NFE of the loosest ``tol``
+  whose error is at most 1e-3, for ``dpm_adaptive`` and for ``ode`` (torchdiffeq dopri5).
+
+    python benchmarks/bench_fast_solvers.py [--iterations 400] [--quick]
+
+Prints the target table, the full table (solver x grid x NFE) and the pilot costs; writes
+``benchmarks/results/fast_solvers.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+from scipy.integrate import solve_ivp
+
+import sdediff as sd
+from sdediff.samplers.fitted import fit_grid, steps_for_nfe
+
+RESULTS = Path(__file__).resolve().parent / "results"
+T_END, BATCH, EVAL_SEED, PILOT_SEED, PILOT = 1e-3, 256, 0, 1234, 256
+NFES = (10, 20)
+NAMED_GRIDS = ("uniform", "logsnr", "karras", "quadratic", "edm")
+BASELINE_GRIDS = ("uniform", "logsnr", "karras")
+#: (sampler, options): every fixed-step deterministic configuration in the table.
+CONFIGS = [
+    ("dpm_solver++", {"order": 2}),
+    ("dpm_solver++", {"order": 3}),
+    ("dpm_solver++", {"order": 3, "reference_3m": True}),
+    ("unipc", {"order": 2, "variant": "bh1"}),
+    ("unipc", {"order": 2, "variant": "bh2"}),
+    ("unipc", {"order": 3, "variant": "bh1"}),
+    ("unipc", {"order": 3, "variant": "bh2"}),
+    ("ipndm", {"order": 3}),
+    ("ipndm", {"order": 4}),
+    ("heun", {}),
+]
+BASELINE = [(name, options) for name, options in CONFIGS if name == "dpm_solver++"]
+#: Configurations whose grid is also fitted on the pilot (the baseline solver, and the strongest
+#: solvers of the named-grid table).
+FITTED = [
+    ("dpm_solver++", {"order": 3, "reference_3m": True}),
+    ("unipc", {"order": 3, "variant": "bh1"}),
+    ("ipndm", {"order": 3}),
+    ("ipndm", {"order": 4}),
+]
+TARGET_ERROR = 1e-3
+TOLERANCES = [10 ** (-k / 8) for k in range(8, 64)]
+PILOT_REFERENCE_TOL = 1e-7
+
+
+def gmm2d() -> sd.GaussianMixture:
+    angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+    means = 1.5 * torch.stack([angles.cos(), angles.sin()], dim=1)
+    return sd.GaussianMixture(means, 0.15, torch.linspace(1.0, 2.0, 8, dtype=torch.float64))
+
+
+def gmm64() -> sd.GaussianMixture:
+    g = torch.Generator().manual_seed(1)
+    means = 3 * torch.rand(10, 64, generator=g, dtype=torch.float64) - 1.5
+    return sd.GaussianMixture(means, 0.15, torch.linspace(1.0, 2.0, 10, dtype=torch.float64))
+
+
+PROBLEMS = {"gmm2d": gmm2d, "gmm64": gmm64}
+
+
+def exact_endpoint(gmm, sde, x_T: torch.Tensor, t_end: float) -> torch.Tensor:
+    """The probability-flow endpoint by scipy DOP853 in ``y = x/alpha``, ``s = sigma/alpha``:
+    ``dy/ds = eps(alpha y, t(s))`` with the mixture's exact ``eps = -sigma score``."""
+    def s_of(t):
+        return math.exp(-float(sde.log_snr(torch.tensor(t, dtype=torch.float64))))
+
+    def rhs(s, y):
+        t = sde.t_of_log_snr(torch.tensor(-math.log(s), dtype=torch.float64))
+        alpha, sigma = (float(v) for v in sde.alpha_sigma(t))
+        x = torch.from_numpy(alpha * y).reshape(x_T.shape)
+        return (-sigma * gmm.score(x, t, sde)).reshape(-1).numpy()
+
+    y_T = x_T.double().reshape(-1).numpy() / float(sde.alpha(sde.T))
+    sol = solve_ivp(rhs, (s_of(sde.T), s_of(t_end)), y_T, method="DOP853", rtol=1e-10,
+                    atol=1e-10)
+    if not sol.success:
+        raise RuntimeError(f"reference solve failed: {sol.message}")
+    return torch.from_numpy(float(sde.alpha(t_end)) * sol.y[:, -1]).reshape(x_T.shape)
+
+
+def rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    diff = (a.double() - b.double()).reshape(a.shape[0], -1)
+    return float(diff.pow(2).sum(1).mean().sqrt())
+
+
+def label(name: str, options: dict) -> str:
+    return name + "".join(f" {k}={v}" for k, v in options.items())
+
+
+def budget_steps(name: str, options: dict, nfe: int) -> tuple[int, int]:
+    """(steps, nfe) for the budget: exact when possible, else the largest count below it."""
+    sampler = sd.samplers.get(name, **options)
+    for budget in range(nfe, 0, -1):
+        try:
+            return steps_for_nfe(sampler, budget), budget
+        except ValueError:
+            continue
+    raise ValueError(f"{name} cannot run within {nfe} calls")
+
+
+def run_fixed(model, x_T, name, options, steps, schedule) -> tuple[torch.Tensor, int]:
+    result = sd.sample(model, x_T=x_T, sampler=name, steps=steps, schedule=schedule,
+                       t_end=T_END, denoise=False, return_info=True, **options)
+    return result.x, result.nfe
+
+
+def nfe_to_target(model, x_T, reference, sampler, **options) -> dict:
+    """Loosest ``rtol = atol`` of :data:`TOLERANCES` reaching :data:`TARGET_ERROR`."""
+    sweep = []
+    for tol in TOLERANCES:
+        result = sd.sample(model, x_T=x_T, sampler=sampler, rtol=tol, atol=tol, t_end=T_END,
+                           denoise=False, return_info=True, **options)
+        error = rms(result.x, reference)
+        sweep.append({"tol": tol, "nfe": result.nfe, "error": error})
+        if error <= TARGET_ERROR:
+            return {"nfe": result.nfe, "tol": tol, "error": error, "sweep": sweep}
+    return {"nfe": None, "tol": None, "error": None, "sweep": sweep}
+
+
+def bench_problem(key: str, iterations: int, fitted_configs) -> dict:
+    sde, gmm = sd.VPSDE(), PROBLEMS[key]()
+    model = gmm.score_model(sde)
+    dim = gmm.dim
+    x_T = sde.prior_sample((BATCH, dim), generator=torch.Generator().manual_seed(EVAL_SEED),
+                           dtype=torch.float64)
+    pilot = sde.prior_sample((PILOT, dim), generator=torch.Generator().manual_seed(PILOT_SEED),
+                             dtype=torch.float64)
+    start = time.perf_counter()
+    reference = exact_endpoint(gmm, sde, x_T, T_END)
+    print(f"[{key}] exact reference: {time.perf_counter() - start:.1f} s", flush=True)
+    before = model.nfe
+    pilot_reference = sd.sample(model, x_T=pilot, sampler="ode", rtol=PILOT_REFERENCE_TOL,
+                                atol=PILOT_REFERENCE_TOL, t_end=T_END, denoise=False)
+    pilot_reference_nfe = model.nfe - before
+
+    rows = []
+    for nfe in NFES:
+        for name, options in CONFIGS:
+            steps, used = budget_steps(name, options, nfe)
+            for grid in NAMED_GRIDS:
+                x, counted = run_fixed(model, x_T, name, options, steps, grid)
+                assert counted == used, (name, grid, counted, used)
+                x_pilot, _ = run_fixed(model, pilot, name, options, steps, grid)
+                rows.append({"budget": nfe, "nfe": counted, "solver": label(name, options),
+                             "sampler": name, "options": options, "grid": grid,
+                             "error": rms(x, reference),
+                             "pilot_error": rms(x_pilot, pilot_reference), "pilot_nfe": 0})
+        for name, options in fitted_configs:
+            steps, used = budget_steps(name, options, nfe)
+            start = time.perf_counter()
+            fitted = fit_grid(model, name, used, pilot=pilot, t_end=T_END,
+                              iterations=iterations, **options)
+            seconds = time.perf_counter() - start
+            x, counted = run_fixed(model, x_T, name, options, fitted.steps, fitted.times)
+            assert counted == used
+            rows.append({"budget": nfe, "nfe": counted, "solver": label(name, options),
+                         "sampler": name, "options": options,
+                         "grid": f"fitted (from {fitted.init})", "error": rms(x, reference),
+                         "pilot_error": fitted.pilot_error["fitted"],
+                         "pilot_nfe": fitted.pilot_nfe, "fit_seconds": round(seconds, 1),
+                         "fit_evaluations": fitted.evaluations,
+                         "times": fitted.times.tolist()})
+            print(f"[{key}] fitted {label(name, options)} at {used} calls: error "
+                  f"{rows[-1]['error']:.3e} (pilot {fitted.pilot_error['init']:.3e} -> "
+                  f"{fitted.pilot_error['fitted']:.3e}), pilot cost {fitted.pilot_nfe} calls, "
+                  f"{seconds:.0f} s", flush=True)
+
+    targets = []
+    for nfe in NFES:
+        here = [r for r in rows if r["budget"] == nfe]
+        baseline = min((r for r in here if r["sampler"] == "dpm_solver++"
+                        and r["grid"] in BASELINE_GRIDS
+                        and any(r["options"] == o for _, o in BASELINE)),
+                       key=lambda r: r["error"])
+        ours = min(here, key=lambda r: r["error"])
+        chosen = min(here, key=lambda r: r["pilot_error"])
+        targets.append({
+            "problem": key, "nfe": nfe,
+            "baseline": {k: baseline[k] for k in ("solver", "grid", "error")},
+            "ours": {k: ours[k] for k in ("solver", "grid", "error", "nfe", "pilot_nfe")},
+            "ratio": ours["error"] / baseline["error"],
+            "pilot_chosen": {k: chosen[k] for k in ("solver", "grid", "error", "nfe",
+                                                    "pilot_nfe")},
+            "pilot_chosen_ratio": chosen["error"] / baseline["error"],
+        })
+
+    adaptive = {
+        "dpm_adaptive order=3": nfe_to_target(model, x_T, reference, "dpm_adaptive", order=3),
+        "dpm_adaptive order=2": nfe_to_target(model, x_T, reference, "dpm_adaptive", order=2),
+        "ode dopri5": nfe_to_target(model, x_T, reference, "ode", method="dopri5"),
+    }
+    best = min((v["nfe"] for k, v in adaptive.items() if k.startswith("dpm") and v["nfe"]),
+               default=None)
+    ode_nfe = adaptive["ode dopri5"]["nfe"]
+    adaptive_ratio = best / ode_nfe if best and ode_nfe else None
+    return {"problem": key, "dim": dim, "components": gmm.means.shape[0],
+            "pilot_reference_nfe": pilot_reference_nfe, "rows": rows, "targets": targets,
+            "adaptive": adaptive, "adaptive_ratio": adaptive_ratio}
+
+
+def fmt(v) -> str:
+    return "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+
+
+def markdown(results: list[dict], meta: dict) -> str:
+    lines = ["# Fast solvers: issue 4's target table", "",
+             f"`python benchmarks/bench_fast_solvers.py` ({meta['seconds']:.0f} s, "
+             f"{meta['machine']}, torch {meta['torch']}, fit budget {meta['iterations']} runs). "
+             "RMS error to the exact probability-flow endpoint at `t_end = 1e-3`, "
+             "`denoise=False`, 256 samples; goal ratio <= 0.5.", "",
+             "| problem | NFE | baseline (dpm_solver++) | error | ours (best) | error | ratio "
+             "| chosen on pilot | error | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        for t in res["targets"]:
+            b, o, c = t["baseline"], t["ours"], t["pilot_chosen"]
+            lines.append(f"| {t['problem']} | {t['nfe']} | {b['solver']}, {b['grid']} | "
+                         f"{b['error']:.3e} | {o['solver']}, {o['grid']} (NFE {o['nfe']}) | "
+                         f"{o['error']:.3e} | **{t['ratio']:.2f}** | {c['solver']}, {c['grid']} | "
+                         f"{c['error']:.3e} | {t['pilot_chosen_ratio']:.2f} |")
+    lines += ["", "Adaptive: calls to reach RMS error <= 1e-3 (loosest `rtol = atol` of the "
+              "sweep `10^(-k/8)`; goal ratio <= 0.5).", "",
+              "| problem | dpm_adaptive order 3 | dpm_adaptive order 2 | ode dopri5 | ratio |",
+              "|---|---|---|---|---|"]
+    for res in results:
+        a = res["adaptive"]
+        cells = [f"{fmt(v['nfe'])} (tol {fmt(v['tol'])}, error {fmt(v['error'])})"
+                 for v in (a["dpm_adaptive order=3"], a["dpm_adaptive order=2"],
+                           a["ode dopri5"])]
+        lines.append(f"| {res['problem']} | " + " | ".join(cells)
+                     + f" | **{fmt(res['adaptive_ratio'])}** |")
+    lines += ["", "Pilot cost of the fitted grids (network calls on the 256-sample pilot batch, "
+              "paid once, not in the per-sample NFE):", "",
+              "| problem | solver | NFE | pilot calls | trial runs | seconds | pilot error | "
+              "error |", "|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        for r in res["rows"]:
+            if r["pilot_nfe"]:
+                lines.append(f"| {res['problem']} | {r['solver']} | {r['nfe']} | "
+                             f"{r['pilot_nfe']} | {r['fit_evaluations']} | "
+                             f"{r['fit_seconds']} | {r['pilot_error']:.3e} | "
+                             f"{r['error']:.3e} |")
+    for res in results:
+        lines += ["", f"Full table, {res['problem']} (error on the evaluation batch; "
+                  "pilot error in brackets):", ""]
+        grids = list(dict.fromkeys(r["grid"] if not r["grid"].startswith("fitted") else
+                                   "fitted" for r in res["rows"]))
+        lines += ["| solver | NFE | " + " | ".join(grids) + " |",
+                  "|---|---|" + "---|" * len(grids)]
+        keyed = {}
+        for r in res["rows"]:
+            grid = "fitted" if r["grid"].startswith("fitted") else r["grid"]
+            keyed.setdefault((r["solver"], r["nfe"]), {})[grid] = r
+        for (solver, nfe), cells in keyed.items():
+            lines.append(f"| {solver} | {nfe} | " + " | ".join(
+                f"{cells[g]['error']:.2e} ({cells[g]['pilot_error']:.1e})" if g in cells else "-"
+                for g in grids) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--iterations", type=int, default=400,
+                        help="objective evaluations per fitted grid (default 400)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fit one configuration per problem with 100 evaluations")
+    args = parser.parse_args()
+    # tiny batches: one thread (two threads' sync costs more than the work on a shared machine)
+    torch.set_num_threads(1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    iterations = 100 if args.quick else args.iterations
+    fitted_configs = FITTED[-1:] if args.quick else FITTED
+    start = time.perf_counter()
+    results = [bench_problem(key, iterations, fitted_configs) for key in PROBLEMS]
+    meta = {"seconds": time.perf_counter() - start, "iterations": iterations,
+            "torch": torch.__version__, "machine": f"{platform.machine()} CPU, 1 thread",
+            "t_end": T_END, "batch": BATCH, "pilot": PILOT, "eval_seed": EVAL_SEED,
+            "pilot_seed": PILOT_SEED}
+    (RESULTS / "fast_solvers.json").write_text(
+        json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    text = markdown(results, meta)
+    (RESULTS / "fast_solvers.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
