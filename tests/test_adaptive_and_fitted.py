@@ -234,6 +234,19 @@ def test_fit_grid_with_one_step_and_a_zero_budget():
     assert math.isclose(none.pilot_error["fitted"], none.pilot_error["init"])
 
 
+def test_trimmed_objective():
+    """trim is validated and recorded, and the trimmed fit still lowers the full pilot error."""
+    model = ring_mixture().score_model(sd.VPSDE())
+    pilot = model.sde.prior_sample((40, 2), generator=torch.Generator().manual_seed(7),
+                                   dtype=torch.float64)
+    options = {"nfe": 6, "pilot": pilot, "iterations": 60, "init": "logsnr"}
+    trimmed = fit_grid(model, "ddim", trim=0.05, **options)
+    assert trimmed.trim == 0.05 and trimmed.evaluations > 60
+    assert trimmed.pilot_error["fitted"] < trimmed.pilot_error["init"]
+    with pytest.raises(ValueError, match=r"trim must be in \[0.0, 0.5\), got 0.5"):
+        fit_grid(model, "ddim", trim=0.5, **options)
+
+
 @pytest.mark.slow
 def test_fitted_grid_beats_every_named_grid_in_64d():
     """64-D, 10 components: the fitted grid at 20 calls beats every named grid of the same
