@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 
 import sdediff as sd
 from sdediff.metrics import energy_distance, two_sample_floor
+from sdediff.problems import exact_pf_endpoint
 
 N_SAMPLES, STOCHASTIC_STEPS, ORDER_STEPS = 2000, 200, [20, 40, 80, 160]
 
@@ -29,20 +29,8 @@ def ring(components=8, std=0.15):
     return sd.GaussianMixture(1.5 * torch.stack([angles.cos(), angles.sin()], 1), std)
 
 
-def pf_endpoint(gmm, sde, x_T, t_end):
-    """Exact probability-flow endpoint: dy/ds = eps(alpha y, t(s)), y = x/alpha, s = sigma/alpha."""
-    s_of = lambda t: math.exp(-float(sde.log_snr(torch.tensor(t, dtype=torch.float64))))  # noqa: E731
-
-    def rhs(s, y):
-        t = sde.t_of_log_snr(torch.tensor(-math.log(s), dtype=torch.float64))
-        alpha, sigma = (float(v) for v in sde.alpha_sigma(t))
-        x = torch.from_numpy(alpha * y).reshape(x_T.shape)
-        return (-sigma * gmm.score(x, t, sde)).reshape(-1).numpy()
-
-    alpha_T = float(sde.alpha(sde.T))
-    sol = solve_ivp(rhs, (s_of(sde.T), s_of(t_end)), x_T.reshape(-1).numpy() / alpha_T,
-                    method="DOP853", rtol=1e-10, atol=1e-10)
-    return torch.from_numpy(float(sde.alpha(t_end)) * sol.y[:, -1]).reshape(x_T.shape)
+#: The exact probability-flow endpoint (scipy DOP853 in y = x/alpha, s = sigma/alpha).
+pf_endpoint = exact_pf_endpoint
 
 
 def rms(a, b):
