@@ -1,12 +1,14 @@
 """sdediff: score-based diffusion models through SDEs and ODEs.
 
 Public API (see ``docs/`` and the design notes): forward processes, the one score interface,
-samplers by name, denoising score matching and training.
+samplers by name, deterministic encoding and exact likelihood through the
+probability-flow ODE, denoising score matching and training.
 """
 
 from . import samplers
 from .checks import NumericalError
 from .losses import dsm_loss
+from .ode import bits_per_dim, decode, encode, interpolate, log_likelihood
 from .samplers import sample
 from .score import PREDICTIONS, GaussianMixture, ScoreModel, convert_prediction
 from .sde import SDES, VESDE, VPSDE, DDPMChain, ForwardProcess, SubVPSDE, sde_from_config
@@ -27,8 +29,13 @@ __all__ = [
     "Trainer",
     "VESDE",
     "VPSDE",
+    "bits_per_dim",
     "convert_prediction",
+    "decode",
     "dsm_loss",
+    "encode",
+    "interpolate",
+    "log_likelihood",
     "sample",
     "samplers",
     "sde_from_config",

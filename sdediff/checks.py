@@ -121,3 +121,14 @@ def check_finite_value(what: str, value: float, advice: str) -> float:
     if not math.isfinite(value):
         raise NumericalError(f"{what} is {value}; {advice}")
     return value
+
+
+def check_batch(what: str, x: Any) -> torch.Tensor:
+    """A floating, finite batch ``(B, ...)`` with at least one example."""
+    check_tensor(what, x)
+    if x.dim() < 2:
+        raise ValueError(f"{what} must have shape (batch, ...), got {tuple(x.shape)}; add a batch "
+                         f"dimension (e.g. {what}[None])")
+    if x.shape[0] == 0 or x[0].numel() == 0:
+        raise ValueError(f"{what} is empty (shape {tuple(x.shape)}); give at least one example")
+    return x

@@ -29,3 +29,26 @@ def two_sample_floor(draw: Callable[[int, torch.Generator], torch.Tensor], n: in
     """Mean energy distance between two independent ``n``-sample sets from ``draw(n, generator)``."""
     g = torch.Generator().manual_seed(seed)
     return sum(energy_distance(draw(n, g), draw(n, g)) for _ in range(repeats)) / repeats
+
+
+def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to ``x`` ``(n, ...)`` and ``y`` ``(m, ...)``
+    (flattened): ``|mu_x - mu_y|^2 + tr(C_x + C_y - 2 (C_x C_y)^{1/2})``, the FID formula
+    (Heusel et al. 2017) in whatever feature space the rows live in.
+
+    ``tr (C_x C_y)^{1/2}`` is computed as ``sum sqrt(eig(C_x^{1/2} C_y C_x^{1/2}))`` by symmetric
+    eigendecompositions, which stays real and finite for singular covariances (e.g. image pixels
+    that never change).
+    """
+    x, y = _flat(x), _flat(y)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"frechet_distance needs rows of one size, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    if min(len(x), len(y)) < 2:
+        raise ValueError("frechet_distance needs at least 2 rows in each set")
+    mu_x, mu_y = x.mean(0), y.mean(0)
+    cov_x, cov_y = torch.cov(x.T).reshape(x.shape[1], -1), torch.cov(y.T).reshape(y.shape[1], -1)
+    w, v = torch.linalg.eigh(cov_x)
+    root_x = (v * w.clamp(min=0).sqrt()) @ v.T
+    cross = torch.linalg.eigvalsh(root_x @ cov_y @ root_x).clamp(min=0).sqrt().sum()
+    return float((mu_x - mu_y).pow(2).sum() + cov_x.trace() + cov_y.trace() - 2 * cross)

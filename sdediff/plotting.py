@@ -126,3 +126,38 @@ def save_image_grid(images: torch.Tensor, png_path, nrow: int | None = None,
     plt.imsave(png_path, array[..., 0] if C == 1 else array, cmap="gray" if C == 1 else None,
                vmin=0.0, vmax=1.0)
     return Path(png_path)
+
+
+def plot_vs_nfe(series: dict, png_path, ylabel: str, title: str = "", floor: float | None = None,
+                dashed=(), same_color: dict | None = None) -> Path:
+    """A quantity against NFE on log-log axes, one line per entry of ``series`` (label ->
+    ``(nfe_list, value_list)``); labels in ``dashed`` (e.g. peers) are drawn dashed, a label
+    mapped by ``same_color`` to another takes that one's color, and ``floor`` (the value of a
+    perfect sampler) is a dotted black line. Non-positive values are left out."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    palette = plt.get_cmap("tab20").colors
+    dashed, same_color = set(dashed), same_color or {}
+    keys = list(dict.fromkeys(same_color.get(label, label) for label in series))
+    for label, (nfe, values) in series.items():
+        points = [(n, v) for n, v in zip(nfe, values, strict=True) if v > 0 and math.isfinite(v)]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        i = keys.index(same_color.get(label, label))
+        color = palette[(2 * i) % 20 + (i // 10) % 2]          # dark shades first, then light
+        ax.plot(xs, ys, marker="o", ms=3.5, lw=1.3, color=color,
+                ls="--" if label in dashed else "-", label=label)
+    if floor is not None and floor > 0:
+        ax.axhline(floor, color="black", ls=":", lw=1.2, label="floor")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE (network calls, counted)")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return Path(png_path)

@@ -1,0 +1,81 @@
+"""What the ``sdediff`` commands share: one-line failures, processes by name, sampler options,
+writing samples."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+PROCESSES = ("vp", "vp-cosine", "subvp", "ve")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2)."""
+
+    def error(self, message):
+        raise SystemExit(fail(message))
+
+
+def fail(message: str) -> int:
+    """Print ``sdediff: error: message`` on stderr; returns the exit status 2."""
+    print(f"sdediff: error: {message}", file=sys.stderr)
+    return 2
+
+
+def make_process(name: str):
+    from ..checks import check_choice
+    from ..sde import VESDE, VPSDE, SubVPSDE
+
+    check_choice("process", name, PROCESSES)
+    return {"vp": lambda: VPSDE(), "vp-cosine": lambda: VPSDE("cosine"), "subvp": SubVPSDE,
+            "ve": VESDE}[name]()
+
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns),
+             "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """``key=value`` pairs; values become int, float, bool or stay strings."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"sampler option {pair!r} must look like key=value (e.g. eta=0.5)")
+        for convert in (int, float):
+            try:
+                options[key] = convert(value)
+                break
+            except ValueError:
+                continue
+        else:
+            options[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return options
+
+
+def write_samples(x, out: Path, data_config: dict, data=None) -> list[Path]:
+    """Samples as .npy (or .pt) plus a PNG: a scatter over the data's density for points,
+    an image grid for images."""
+    import numpy as np
+    import torch
+
+    from ..plotting import plot_points, save_image_grid
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".pt":
+        torch.save(x.cpu(), out)
+    else:
+        out = out.with_suffix(".npy")
+        np.save(out, x.cpu().numpy())
+    png = out.with_suffix(".png")
+    if data_config.get("kind") == "images":
+        save_image_grid(x[:100], png, data_range=tuple(data_config.get("data_range", (-1, 1))))
+    else:
+        plot_points({f"{len(x)} samples": x[:, :2]}, None if data is None else data[:, :2], png)
+    return [out, png]

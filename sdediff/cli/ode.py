@@ -1,0 +1,325 @@
+"""``sdediff encode``, ``decode``, ``likelihood``, ``interpolate`` (:mod:`sdediff.ode`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import parse_options, write_samples
+
+#: Examples per solve in the ODE commands (adaptive step sizes are shared within a batch).
+ODE_BATCH_SIZE = 256
+
+
+def _sidecar(path: Path) -> Path:
+    """The JSON beside a latents file: how it was encoded (``t_min``, solver, input)."""
+    return path.with_suffix(".json")
+
+
+def _in_file_order(dataset):
+    """All examples of a file-backed data set in the file's order (``data.py`` splits them into
+    train and test by a fixed permutation, which is inverted here)."""
+    import torch
+
+    from ..data import FILE_TEST_FRACTION, _split
+
+    n = len(dataset.train) + len(dataset.test)
+    index = _split(torch.arange(n), FILE_TEST_FRACTION)
+    x = torch.empty((n, *dataset.shape), dtype=dataset.train.dtype)
+    x[index["train"]], x[index["test"]] = dataset.train, dataset.test
+    return x
+
+
+def load_examples(data: str | None, input_path: str | None, num: int | None, config: dict):
+    """Examples for the ODE commands: ``--data NAME`` (its held-out split) or ``--input`` (a .npy
+    file or an image folder, all examples in file order). Returns ``(x, description, n_levels,
+    data_range)``; the examples must have the checkpoint's shape."""
+    from ..checks import check_int
+    from ..data import load_dataset
+
+    if (data is None) == (input_path is None):
+        raise ValueError("give exactly one of --input FILE|FOLDER and --data NAME (its held-out "
+                         "split)")
+    if data is not None:
+        dataset = load_dataset(data)
+        x, what = dataset.test, f"{dataset.name} (held-out split)"
+    else:
+        path = Path(input_path)
+        if not path.exists():
+            raise FileNotFoundError(f"input {input_path!r} does not exist; allowed: a .npy file or "
+                                    "a folder of .png/.jpg/.jpeg images")
+        dataset = load_dataset(str(path))
+        x, what = _in_file_order(dataset), str(path)
+    if num is not None:
+        check_int("--num", num, minimum=1)
+        x = x[:num]
+    shape = tuple(config["data"]["shape"])
+    if tuple(x.shape[1:]) != shape:
+        raise ValueError(f"{what} holds examples of shape {tuple(x.shape[1:])} but the checkpoint "
+                         f"models {shape}")
+    return x, what, dataset.n_levels, tuple(dataset.data_range)
+
+
+def _solver_options(args) -> dict:
+    """The solver's options: ``-o KEY=VALUE`` plus the ``--method/--rtol/--atol`` shorthands."""
+    options = parse_options(args.option)
+    for key in ("method", "rtol", "atol"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    return options
+
+
+def _batches(x, batch_size: int):
+    from ..checks import check_int
+
+    check_int("--batch-size", batch_size, minimum=1)
+    return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+
+
+def _transport_all(function, model, x, args, options: dict, t_min: float, sampler: str, steps):
+    """``encode`` or ``decode`` batch by batch; returns ``(result, nfe, seconds)``."""
+    import torch
+
+    outs, nfe, seconds = [], 0, 0.0
+    for batch in _batches(x, args.batch_size):
+        r = function(model, batch, sampler=sampler, steps=steps, t_min=t_min,
+                     progress=not args.no_progress, return_info=True, **options)
+        outs.append(r.x)
+        nfe, seconds = nfe + r.nfe, seconds + r.seconds
+    return torch.cat(outs), nfe, seconds
+
+
+def cmd_encode(args) -> int:
+    import json
+
+    import numpy as np
+
+    from ..checkpoint import load_model
+    from ..ode import T_MIN, encode
+
+    model, config = load_model(args.checkpoint)
+    x, what, _, _ = load_examples(args.data, args.input, args.num, config)
+    options = _solver_options(args)
+    t_min = T_MIN if args.t_min is None else args.t_min
+    z, nfe, seconds = _transport_all(encode, model, x, args, options, t_min, args.sampler,
+                                     args.steps)
+    out = Path(args.out).with_suffix(".npy")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, z.cpu().numpy())
+    _sidecar(out).write_text(json.dumps(
+        {"checkpoint": str(args.checkpoint), "t_min": t_min, "sampler": args.sampler,
+         "steps": args.steps, "options": options, "data": args.data, "input": args.input,
+         "num": len(x)}, indent=2))
+    print(f"encoded {len(x)} examples of {what} with {args.sampler} (t_min {t_min:g}): NFE {nfe}, "
+          f"{seconds:.2f} s; mean latent norm / sqrt(D) "
+          f"{float(z.flatten(1).norm(dim=1).mean()) / z[0].numel() ** 0.5:.3f} (about 1 for "
+          f"N(0, I)); wrote {out} and {_sidecar(out)}")
+    return 0
+
+
+def cmd_decode(args) -> int:
+    import json
+
+    import numpy as np
+    import torch
+
+    from ..checkpoint import load_model
+    from ..ode import T_MIN, decode
+
+    model, config = load_model(args.checkpoint)
+    path = Path(args.input)
+    if path.suffix.lower() != ".npy" or not path.is_file():
+        raise FileNotFoundError(f"--input {args.input!r} must be a latents .npy file written by "
+                                "`sdediff encode`")
+    try:
+        z = torch.from_numpy(np.load(path, allow_pickle=False)).float()
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {args.input!r} as a .npy array: {err}") from err
+    shape = tuple(config["data"]["shape"])
+    if z.dim() < 2 or tuple(z.shape[1:]) != shape:
+        raise ValueError(f"latents in {args.input!r} have shape {tuple(z.shape)}; the checkpoint "
+                         f"needs (N, {', '.join(map(str, shape))})")
+    # the encoder's settings, so that decoding inverts it (same t_min); flags override them
+    meta = json.loads(_sidecar(path).read_text()) if _sidecar(path).is_file() else {}
+    if args.sampler is not None:   # another solver than the encoder's: none of its settings
+        meta = {k: v for k, v in meta.items() if k not in ("sampler", "steps", "options")}
+    sampler = args.sampler or meta.get("sampler", "ode")
+    steps = args.steps if args.steps is not None else meta.get("steps")
+    options = {**meta.get("options", {}), **_solver_options(args)}
+    t_min = args.t_min if args.t_min is not None else meta.get("t_min", T_MIN)
+    x, nfe, seconds = _transport_all(decode, model, z, args, options, t_min, sampler, steps)
+    files = write_samples(x, Path(args.out).with_suffix(".npy"), config["data"])
+    message = f"decoded {len(z)} latents with {sampler} (t_min {t_min:g}): NFE {nfe}, {seconds:.2f} s"
+    if meta.get("data") or meta.get("input"):
+        try:
+            original, _, _, _ = load_examples(meta.get("data"), meta.get("input"), meta.get("num"),
+                                              config)
+        except (ValueError, FileNotFoundError):
+            original = None  # the encoded inputs are gone: no round-trip check
+        if original is not None and original.shape == x.shape:
+            rel = ((x - original).flatten(1).norm(dim=1) / original.flatten(1).norm(dim=1))
+            message += (f"; round trip against the encoded inputs: relative error max "
+                        f"{float(rel.max()):.2e}, mean {float(rel.mean()):.2e}")
+    print(f"{message}; wrote {', '.join(str(f) for f in files)}")
+    return 0
+
+
+def cmd_likelihood(args) -> int:
+    import math
+
+    import numpy as np
+    import torch
+
+    from ..checkpoint import load_model
+    from ..ode import T_MIN, bits_per_dim, dequantization_offset, dequantize, log_likelihood
+
+    model, config = load_model(args.checkpoint)
+    x, what, n_levels, data_range = load_examples(args.data, args.input, args.num, config)
+    if args.n_levels is not None:
+        n_levels = args.n_levels
+    g = torch.Generator().manual_seed(args.seed)
+    if n_levels is not None and not args.no_dequantize:
+        x = dequantize(x, n_levels, data_range, generator=g)
+    options = _solver_options(args)
+    t_min = T_MIN if args.t_min is None else args.t_min
+    hutchinson = args.divergence == "hutchinson"
+    nll, var, nfe, seconds = [], [], 0, 0.0
+    for batch in _batches(x, args.batch_size):
+        r = log_likelihood(model, batch, divergence=args.divergence, generator=g,
+                           probes=args.probes, noise=args.noise, t_min=t_min,
+                           steps=args.steps, progress=not args.no_progress, return_info=True,
+                           **options)
+        nll.append(r.nll)
+        var.append(None if r.stderr is None else r.stderr**2)
+        nfe, seconds = nfe + r.nfe, seconds + r.seconds
+    nll = torch.cat(nll).double()
+    N, D = len(nll), x[0].numel()
+    mean = float(nll.mean())
+    se = float(nll.std() / math.sqrt(N)) if N > 1 else float("nan")
+    probes = f", {r.probes} {args.noise or 'rademacher'} probe{'s' if r.probes > 1 else ''}" \
+        if hutchinson else ""
+    lines = [f"likelihood of {N} examples of {what} ({args.divergence} divergence{probes}, "
+             f"t_min {t_min:g}): NFE {nfe}, {seconds / N:.3g} s per example",
+             f"  NLL {mean:.4f} +- {se:.3g} nats (standard error over examples), "
+             f"{mean / D:.5f} nats/dim"]
+    if hutchinson and var[0] is not None:
+        estimator = float(torch.cat(var).sum().sqrt() / N)
+        lines.append(f"  Hutchinson estimator standard error of the mean NLL: {estimator:.3g} nats")
+    if n_levels is not None:
+        offset = dequantization_offset(n_levels, data_range)
+        note = "dequantized" if not args.no_dequantize else "NOT dequantized: a meaningless bound"
+        lines.append(f"  {bits_per_dim(mean, D, n_levels=n_levels, data_range=data_range):.4f} "
+                     f"+- {se / (D * math.log(2)):.3g} bits/dim ({n_levels} levels over "
+                     f"[{data_range[0]:g}, {data_range[1]:g}], {note}: offset "
+                     f"{offset:+.4f})")
+    else:
+        lines.append("  continuous data (no number of levels): no bits/dim; pass --n-levels for "
+                     "discrete data")
+    if args.out:
+        out = Path(args.out).with_suffix(".npy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out, nll.numpy())
+        lines.append(f"  wrote the per-example NLL (nats) to {out}")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    import numpy as np
+
+    from ..checkpoint import load_model
+    from ..checks import check_int
+    from ..ode import T_MIN, interpolate
+    from ..plotting import plot_points, save_image_grid
+
+    model, config = load_model(args.checkpoint)
+    x, what, _, _ = load_examples(args.data, args.input, None, config)
+    pairs = args.pair or [[0, 1]]
+    for i, j in pairs:
+        for k in (i, j):
+            check_int("--pair index", k, minimum=0, maximum=len(x) - 1)
+    check_int("--num-steps", args.num_steps, minimum=2)
+    a, b = x[[i for i, _ in pairs]], x[[j for _, j in pairs]]
+    t_min = T_MIN if args.t_min is None else args.t_min
+    path = interpolate(model, a, b, args.num_steps, sampler=args.sampler, steps=args.steps,
+                       t_min=t_min, progress=not args.no_progress, **_solver_options(args))
+    out = Path(args.out).with_suffix(".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out.with_suffix(".npy"), path.cpu().numpy())
+    if config["data"].get("kind") == "images":
+        save_image_grid(path.reshape(-1, *path.shape[2:]), out, nrow=args.num_steps,
+                        data_range=tuple(config["data"].get("data_range", (-1, 1))))
+    else:
+        plot_points({f"{what}: pair {i}-{j}": path[k] for k, (i, j) in enumerate(pairs)},
+                    None, out)
+    print(f"interpolated {len(pairs)} pair(s) of {what} in {args.num_steps} steps (slerp of the "
+          f"latents, decoded); wrote {out} and {out.with_suffix('.npy')}")
+    return 0
+
+
+def _add_input_arguments(p, num: bool = True) -> None:
+    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint folder")
+    p.add_argument("--input", help="a .npy file or a folder of images (all examples, in order)")
+    p.add_argument("--data", help="a data set name (its held-out split), e.g. digits, gmm")
+    if num:
+        p.add_argument("--num", type=int, help="only the first N examples")
+
+
+def _add_solver_arguments(p, sampler: bool = True, sampler_default: str | None = "ode") -> None:
+    if sampler:
+        p.add_argument("--sampler", default=sampler_default,
+                       help="'ode' (torchdiffeq, default) or a deterministic fast solver (ddim, "
+                            "dpm_solver++, unipc, ipndm)")
+    p.add_argument("--steps", type=int, help="steps of a fixed-step method or sampler")
+    p.add_argument("--method", help="torchdiffeq method for the ode solver (default dopri5)")
+    p.add_argument("--rtol", type=float, help="relative tolerance (default 1e-5)")
+    p.add_argument("--atol", type=float, help="absolute tolerance (default 1e-5)")
+    p.add_argument("--t-min", type=float, help="data end of the ODE (default 1e-5, as Song et al.)")
+    p.add_argument("--batch-size", type=int, default=ODE_BATCH_SIZE)
+    if sampler:
+        p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="solver option, e.g. -o schedule=logsnr")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_parsers(sub) -> None:
+    """``encode``, ``decode``, ``likelihood``, ``interpolate`` (:mod:`sdediff.ode`)."""
+    p = sub.add_parser("encode", help="encode data to latents through the probability-flow ODE")
+    _add_input_arguments(p)
+    p.add_argument("--out", default="latents.npy", help="latents .npy (a .json beside records "
+                   "t_min and the solver, so that `sdediff decode` inverts it)")
+    _add_solver_arguments(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="decode latents back to data (the inverse of encode)")
+    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint folder")
+    p.add_argument("--input", required=True, help="latents .npy written by `sdediff encode`")
+    p.add_argument("--out", default="decoded.png", help="PNG (and .npy beside)")
+    _add_solver_arguments(p, sampler_default=None)  # default: the encoder's, from its .json
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("likelihood", help="exact NLL (nats, bits/dim) by the probability-flow ODE")
+    _add_input_arguments(p)
+    p.add_argument("--divergence", default="hutchinson", choices=("exact", "hutchinson"))
+    p.add_argument("--probes", type=int, help="Hutchinson probes per example (default 1)")
+    p.add_argument("--noise", choices=("rademacher", "gaussian"),
+                   help="Hutchinson probe distribution (default rademacher)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the dequantization and the probes")
+    p.add_argument("--n-levels", type=int, help="levels per dimension of discrete data (default: "
+                   "the data's own, e.g. 17 for digits, 256 for 8-bit images)")
+    p.add_argument("--no-dequantize", action="store_true",
+                   help="evaluate discrete data as they are (bits/dim is then not a valid bound)")
+    p.add_argument("--out", help="write the per-example NLL in nats to this .npy")
+    _add_solver_arguments(p, sampler=False)
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="ode solver option, e.g. -o schedule=logsnr")
+    p.set_defaults(func=cmd_likelihood)
+
+    p = sub.add_parser("interpolate", help="decoded spherical interpolation between two latents")
+    _add_input_arguments(p, num=False)
+    p.add_argument("--pair", type=int, nargs=2, action="append", metavar=("I", "J"),
+                   help="indices of the two examples (repeatable; default 0 1)")
+    p.add_argument("--num-steps", type=int, default=8, help="points along the path, endpoints "
+                   "included")
+    p.add_argument("--out", default="interpolation.png", help="PNG strip (and .npy beside)")
+    _add_solver_arguments(p)
+    p.set_defaults(func=cmd_interpolate)

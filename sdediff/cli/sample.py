@@ -1,0 +1,92 @@
+"""``sdediff samplers`` (the registry as a table) and ``sdediff sample`` (from a checkpoint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import format_table, parse_options, write_samples
+
+
+def sampler_rows() -> list[dict]:
+    """One row per registered sampler, read from its declared metadata."""
+    from .. import samplers
+
+    rows = []
+    for name in samplers.available():
+        sampler = samplers.get(name)
+        per_10 = sampler.nfe(10)
+        if per_10 is None:
+            nfe = "adaptive"
+        elif per_10 == 10 * sampler.nfe(1):
+            nfe = str(sampler.nfe(1))
+        else:
+            nfe = f"{per_10} per 10 steps"
+        rows.append({"name": name, "family": sampler.family,
+                     "deterministic": "no" if sampler.is_stochastic() else "yes",
+                     "order": f"{sampler.order:g}", "nfe_per_step": nfe,
+                     "options": ", ".join(f"{k}={v}" for k, v in sampler.defaults.items())})
+    return rows
+
+
+SAMPLER_COLUMNS = ["name", "family", "deterministic", "order", "nfe_per_step", "options"]
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(f"`{r[c]}`" if c == "name" else str(r[c]) for c in columns) + " |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_samplers(args) -> int:
+    rows = sampler_rows()
+    print(markdown_table(rows, SAMPLER_COLUMNS) if args.markdown
+          else format_table(rows, SAMPLER_COLUMNS))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from .. import samplers
+    from ..checkpoint import load_model
+    from ..checks import check_int
+    from ..data import load_dataset
+
+    model, config = load_model(args.checkpoint)
+    check_int("--num", args.num, minimum=1)
+    shape = (args.num, *config["data"]["shape"])
+    options = parse_options(args.option)
+    samplers.get(args.sampler, **options)  # unknown names and options fail before any work
+    result = samplers.sample(model, shape=shape, sampler=args.sampler, steps=args.steps,
+                             generator=torch.Generator().manual_seed(args.seed),
+                             progress=not args.no_progress, return_info=True, **options)
+    data = None
+    if config["data"].get("kind") == "points":
+        try:
+            data = load_dataset(config["data"]["name"]).test
+        except (ValueError, FileNotFoundError):
+            data = None  # the training data is gone: plot the samples alone
+    files = write_samples(result.x, Path(args.out), config["data"], data)
+    print(f"{args.sampler}: {args.num} samples, NFE {result.nfe}, {result.seconds:.2f} s; "
+          f"wrote {', '.join(str(f) for f in files)}")
+    return 0
+
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("samplers", help="list the registered samplers")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table (docs)")
+    p.set_defaults(func=cmd_samplers)
+
+    p = sub.add_parser("sample", help="generate samples from a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint folder")
+    p.add_argument("--sampler", default="ddim", help="a name from `sdediff samplers`")
+    p.add_argument("--steps", type=int, help="steps (default per sampler)")
+    p.add_argument("--num", type=int, default=64, help="number of samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="samples.npy", help=".npy or .pt; a .png is written beside")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="sampler option, e.g. -o eta=0.5 -o schedule=logsnr")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sample)

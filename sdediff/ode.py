@@ -1,0 +1,522 @@
+"""Deterministic encoding, decoding and exact likelihood through the probability-flow ODE
+(Song et al. 2021, "Score-Based Generative Modeling through SDEs", section 4.3 and appendix D;
+Chen et al. 2018 and Grathwohl et al. 2019 (FFJORD) for the instantaneous change of variables).
+
+The probability-flow ODE
+
+    dx/dt = f~(x, t) = f(t) x - g(t)^2 score(x, t) / 2
+
+(:meth:`~sdediff.sde.ForwardProcess.reverse_drift` with ``probability_flow=True``) carries the
+marginal ``p_t`` into ``p_s`` for any ``s, t``: it is an invertible map between data at ``t_min``
+and latents at ``T``.
+
+- :func:`encode` solves it forward, ``x(t_min) = x0 -> z = x(T)``; :func:`decode` backward,
+  ``z -> x(t_min)``. Both use the same ``t_min`` (default :data:`T_MIN`), so a round trip is exact up
+  to the solver's tolerance. ``decode(model, z)`` equals
+  ``sd.sample(model, x_T=z, t_end=t_min, denoise=False)``.
+- :func:`log_likelihood`: along the same path, ``d log p_t(x_t) / dt = -div f~(x_t, t)``, so
+
+      log p_{t_min}(x0) = log p_T(z) + integral_{t_min}^{T} div f~(x_t, t) dt,
+
+  integrated as the augmented state ``(x, delta logp)`` from ``(x0, 0)``. Each evaluation makes one
+  network call for ``f~`` and gets the divergence from the same autograd graph:
+
+  * ``"exact"``: ``div f~ = sum_i d f~_i / d x_i`` from ``D`` vector-Jacobian products with the
+    unit vectors (batched, :data:`EXACT_CHUNK` at a time) -- for small ``D``;
+  * ``"hutchinson"`` (Skilling 1989, Hutchinson 1990): ``div f~ = E_v[v^T (d f~/d x) v]`` for
+    probes with ``E[v v^T] = I`` (Rademacher ``+-1`` or standard Gaussian), one vector-Jacobian
+    product per probe. The probes are drawn once per sample from ``generator`` and kept along the
+    whole path, so the solver integrates one smooth ODE per probe and each probe's integral is an
+    unbiased estimate of the exact one. With ``probes = P >= 2`` the ``P`` integrals are tracked
+    separately: their mean is the estimate and their spread its standard error.
+
+- :func:`bits_per_dim` turns the negative log-likelihood of uniformly dequantized discrete data
+  into bits per dimension, ``nll / (D ln 2) - log2(bin width)``, with the bin width
+  :func:`bin_width` ``= (high - low) / n_levels``; :func:`dequantize` adds noise of exactly that
+  width. 8-bit data in ``[-1, 1]``: width ``2/256``, offset ``+7`` (score_sde's); the 17-level
+  digits: width ``2/17``, offset ``log2(8.5) = +3.087``. ``docs/encoding.md`` derives both.
+- :func:`interpolate`: spherical interpolation between two latents, decoded.
+
+Solvers: ``sampler="ode"`` (default) runs torchdiffeq with any of the ``ode`` sampler's methods and
+options (``method``, ``rtol``, ``atol``, ``schedule`` for fixed-step methods; validated by that
+sampler), optionally through ``torchdiffeq.odeint_adjoint`` (``adjoint=True``: differentiable with
+respect to the input and the network's parameters at memory constant in the number of steps).
+Encoding and decoding can also run through a fast fixed-step solver from
+:data:`REVERSIBLE_SAMPLERS` (in reverse direction for encoding: the sampler's own grid, flipped).
+
+NFE counts network calls (one batched call = 1); vector-Jacobian products are reported apart. Like
+the samplers, everything here runs without gradients unless ``adjoint=True``; never wrap a model
+in DDP for these solves (adaptive steps differ per batch, ranks would hang).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torchdiffeq import odeint, odeint_adjoint
+from tqdm.auto import tqdm
+
+from . import samplers
+from .checks import (
+    NumericalError,
+    check_batch,
+    check_choice,
+    check_float,
+    check_int,
+    check_same_shape,
+)
+from .samplers.base import SampleResult
+from .samplers.ode import ADAMS, ADAMS_MAX_ORDER, METHODS
+from .score import ScoreModel
+
+#: Song et al.'s likelihood and encoding end time (paper appendix D.2; score_sde ``eps=1e-5``).
+T_MIN = 1e-5
+DIVERGENCES = ("exact", "hutchinson")
+PROBE_NOISES = ("rademacher", "gaussian")
+#: Unit vectors per batched vector-Jacobian product of the exact divergence (bounds its memory
+#: to ``EXACT_CHUNK`` copies of the batch).
+EXACT_CHUNK = 64
+#: Fixed-step samplers whose update rule is written for either direction of time, so that
+#: encoding runs them on their own grid flipped (``t_min -> T``). Each is tested in
+#: ``tests/test_ode.py`` (round-trip error falls with steps). Others are refused: ``heun`` caps
+#: its churned noise level at the grid's first one, which reversed is the smallest.
+REVERSIBLE_SAMPLERS = ("ode", "ddim", "dpm_solver++", "unipc", "ipndm")
+
+
+# ----------------------------------------------------------------------------------- results
+
+@dataclass
+class LikelihoodResult:
+    """``nll``: negative log-likelihood ``-log p_{t_min}(x0)`` in nats per sample ``(B,)``;
+    ``stderr``: its Hutchinson standard error ``(B,)`` when ``probes >= 2`` (else ``None``);
+    ``z``: the latents ``x(T)`` (the encoding); ``prior_logp`` = ``log p_T(z)`` and ``delta_logp``
+    = the divergence integral, ``(B,)`` each, with ``-nll = prior_logp + delta_logp``;
+    ``nfe``: network calls; ``vjps``: vector-Jacobian products (``D`` or ``probes`` per call);
+    ``seconds``: wall time."""
+
+    nll: torch.Tensor
+    stderr: torch.Tensor | None
+    z: torch.Tensor
+    prior_logp: torch.Tensor
+    delta_logp: torch.Tensor
+    nfe: int
+    vjps: int
+    seconds: float
+    divergence: str
+    probes: int
+
+
+# ------------------------------------------------------------------------- bits per dimension
+
+def bin_width(n_levels: int, data_range=(-1.0, 1.0)) -> float:
+    """Width of one dequantization bin: ``(high - low) / n_levels``.
+
+    The ``n_levels`` bins of this width tile an interval of the data's length, as in score_sde
+    (8-bit data in ``[-1, 1]``: ``2/256``). The levels themselves are ``(high - low) / (n_levels - 1)``
+    apart, so bins centred on them (:func:`dequantize`) are disjoint and the dequantized
+    likelihood bounds the discrete one.
+    """
+    check_int("n_levels", n_levels, minimum=2)
+    low, high = _check_range(data_range)
+    return (high - low) / n_levels
+
+
+def dequantization_offset(n_levels: int, data_range=(-1.0, 1.0)) -> float:
+    """``-log2(bin width)``, the bits per dimension that dequantization adds to ``nll / (D ln 2)``."""
+    return -math.log2(bin_width(n_levels, data_range))
+
+
+def bits_per_dim(nll, D: int, n_bits: int | None = None, data_range=(-1.0, 1.0),
+                 n_levels: int | None = None):
+    """Bits per dimension of uniformly dequantized discrete data:
+    ``nll / (D ln 2) - log2(bin width)``.
+
+    ``nll``: negative log-likelihood in nats (a number or tensor, per sample); ``D``: dimensions per
+    sample; the data have ``n_levels`` values per dimension (or ``2**n_bits``; default 8 bits)
+    spanning ``data_range``, and the bin width is :func:`bin_width`. 8-bit data in ``[-1, 1]``
+    give the familiar offset ``+7``; the 17-level digits ``+log2(8.5) = +3.087``.
+    """
+    check_int("D", D, minimum=1)
+    if n_bits is not None:
+        check_int("n_bits", n_bits, minimum=1, maximum=32)
+        if n_levels is not None and n_levels != 2**n_bits:
+            raise ValueError(f"n_bits={n_bits} and n_levels={n_levels} disagree; give one of them")
+    levels = n_levels if n_levels is not None else 2 ** (8 if n_bits is None else n_bits)
+    return nll / (D * math.log(2)) + dequantization_offset(levels, data_range)
+
+
+def dequantize(x: torch.Tensor, n_levels: int, data_range=(-1.0, 1.0),
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform dequantization: ``x + w (u - 1/2)``, ``u ~ U[0, 1)``, ``w`` = :func:`bin_width`.
+
+    ``x`` must lie on the ``n_levels``-level grid ``low + k (high - low) / (n_levels - 1)`` (as
+    :mod:`sdediff.data` stores discrete data); the noise fills a bin of width ``w`` centred on each
+    level, so the data keep the scale the model was trained on.
+    """
+    check_batch("x", x)
+    low, high = _check_range(data_range)
+    width = bin_width(n_levels, data_range)
+    spacing = (high - low) / (n_levels - 1)
+    k = torch.round((x.double() - low) / spacing)
+    off = float((x.double() - (low + k * spacing)).abs().max())
+    if off > 1e-3 * spacing or float(k.min()) < 0 or float(k.max()) > n_levels - 1:
+        raise ValueError(f"x is not on the grid of {n_levels} levels over [{low:g}, {high:g}] "
+                         f"(an entry is {off:.3g} off a level, or outside the range); dequantize "
+                         "discrete data only, with their own n_levels and data_range")
+    u = torch.rand(x.shape, generator=generator, dtype=torch.float64,
+                   device=generator.device if generator is not None else x.device)
+    return (x.double() + width * (u.to(x.device) - 0.5)).to(x.dtype)
+
+
+def _check_range(data_range) -> tuple[float, float]:
+    try:
+        low, high = data_range
+    except (TypeError, ValueError):
+        raise ValueError(f"data_range must be (low, high), got {data_range!r}") from None
+    low = check_float("data_range low", low)
+    high = check_float("data_range high", high, low, None, low_open=True)
+    return low, high
+
+
+# ----------------------------------------------------------------------------- the ODE solves
+
+def _check_model(model) -> ScoreModel:
+    if not isinstance(model, ScoreModel):
+        raise TypeError(f"model must be a sdediff.ScoreModel, got {type(model).__name__}; wrap a "
+                        "network with ScoreModel(net, sde) or a function with "
+                        "ScoreModel.from_fn(score_fn, sde)")
+    return model
+
+
+def _check_t_min(model: ScoreModel, t_min) -> float:
+    return check_float("t_min", t_min, 0.0, model.sde.T, low_open=True, high_open=True)
+
+
+def _ode_options(steps, options: dict, what: str):
+    """The configured ``ode`` sampler (it validates ``method``, ``rtol``, ``atol``, ``schedule``)."""
+    solver = samplers.get("ode", **options)
+    if solver.adaptive and steps is not None:
+        raise ValueError(f"steps={steps!r} given to {what} with the adaptive method "
+                         f"{solver.options['method']!r}, which chooses its own steps; set rtol/atol, "
+                         "or choose a fixed-step method (method='rk4', steps=...)")
+    return solver
+
+
+def _ode_grid(solver, sde, steps, t_min: float, forward: bool) -> torch.Tensor:
+    """Times from ``T`` to ``t_min`` (the sampler's grid), flipped when integrating forward."""
+    if not solver.adaptive:
+        steps = check_int("steps", solver.default_steps if steps is None else steps,
+                          minimum=solver.min_steps)
+    ts = solver.grid(sde, steps, t_min)
+    return ts.flip(0) if forward else ts
+
+
+def _adjoint_params(model: ScoreModel) -> tuple:
+    net = model.net
+    return tuple(p for p in net.parameters() if p.requires_grad) \
+        if isinstance(net, torch.nn.Module) else ()
+
+
+class _Progress:
+    """A bar over the fraction of ``[t_start, t_stop]`` covered (adaptive solvers' steps are not
+    known in advance)."""
+
+    RESOLUTION = 1000
+
+    def __init__(self, ts: torch.Tensor, enabled: bool, desc: str):
+        self.start, self.span = float(ts[0]), float(ts[-1] - ts[0])
+        self.done = 0
+        self.bar = tqdm(total=self.RESOLUTION, disable=not enabled, desc=desc, dynamic_ncols=True)
+
+    def __call__(self, t) -> None:
+        reached = int(self.RESOLUTION * min(1.0, (float(t.detach()) - self.start) / self.span))
+        if reached > self.done:
+            self.bar.update(reached - self.done)
+            self.done = reached
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _odeint(func, y0, ts: torch.Tensor, solver, adjoint: bool, params: tuple):
+    """torchdiffeq with the ``ode`` sampler's per-method options; a breakdown (step underflow,
+    non-finite state: torchdiffeq's ``AssertionError``) becomes :class:`NumericalError`."""
+    name = solver.options["method"]
+    if METHODS[name].adaptive:  # end each solve exactly on its last time: an overshoot past T
+        options = {"step_t": ts[-1:]}   # (or below t_min) would call the model outside [0, T]
+        backward = {"step_t": ts[:1]}   # the adjoint pass runs ts backwards (a step_t at its
+    else:                               # start would clip its first step to zero)
+        options = backward = {"max_order": ADAMS_MAX_ORDER} if name in ADAMS else {}
+    kwargs = {"method": name, "rtol": solver.options["rtol"], "atol": solver.options["atol"],
+              "options": options}
+    try:
+        if adjoint:
+            return odeint_adjoint(func, y0, ts, adjoint_params=params, adjoint_options=backward,
+                                  **kwargs)
+        return odeint(func, y0, ts, **kwargs)
+    except AssertionError as error:
+        raise NumericalError(
+            f"torchdiffeq method {name!r} broke down ({error}); check that the model's output is "
+            "finite, loosen rtol/atol, or use a fixed-step method (method='rk4', steps=...)"
+        ) from error
+
+
+def _transport(model, x, forward: bool, sampler: str, steps, t_min, adjoint: bool,
+               progress: bool, options: dict, what: str) -> SampleResult:
+    """Carry ``x`` along the probability-flow ODE from ``t_min`` to ``T`` (``forward``) or back."""
+    model = _check_model(model)
+    check_batch(what, x)
+    t_min = _check_t_min(model, t_min)
+    sde = model.sde
+    start, nfe_before = time.perf_counter(), model.nfe
+    if sampler == "ode":
+        solver = _ode_options(steps, options, "encode" if forward else "decode")
+        ts = _ode_grid(solver, sde, steps, t_min, forward)
+        bar = _Progress(ts, progress, "encode" if forward else "decode")
+
+        def drift(t, x):                                    # dx/dt = f x - g^2 score / 2
+            bar(t)
+            return sde.reverse_drift(model, x, t.to(torch.float64), probability_flow=True)
+
+        try:
+            if adjoint:
+                out = _odeint(drift, x, ts, solver, True, _adjoint_params(model))[-1]
+            else:
+                with torch.no_grad():
+                    out = _odeint(drift, x, ts, solver, False, ())[-1]
+        finally:
+            bar.close()
+    else:
+        if adjoint:
+            raise ValueError(f"adjoint=True needs sampler='ode' (torchdiffeq), got {sampler!r}")
+        solver = samplers.get(sampler, **options)
+        if solver.is_stochastic():
+            raise ValueError(f"sampler {sampler!r} is stochastic with these options; encoding and "
+                             "decoding need a deterministic one, e.g. 'ode' or 'ddim' (eta=0)")
+        if forward and sampler not in REVERSIBLE_SAMPLERS:
+            allowed = [name for name in REVERSIBLE_SAMPLERS if name in samplers.available()]
+            raise ValueError(f"sampler {sampler!r} cannot run forward in time to encode; allowed: "
+                             f"{', '.join(allowed)}")
+        steps = check_int("steps", solver.default_steps if steps is None else steps,
+                          minimum=solver.min_steps)
+        ts = solver.grid(sde, steps, t_min)
+        if forward:
+            ts = ts.flip(0)
+        bar = tqdm(total=ts.numel() - 1, disable=not progress, desc=sampler, dynamic_ncols=True)
+        try:
+            with torch.no_grad():
+                out = solver.run(model, x, ts, None, lambda i, x: bar.update(1))
+        finally:
+            bar.close()
+    if not bool(torch.isfinite(out).all()):
+        raise NumericalError(f"{what}: the solution has non-finite values; check the model's "
+                             "output, tighten rtol/atol or take more steps")
+    return SampleResult(x=out, nfe=model.nfe - nfe_before, times=ts,
+                        seconds=time.perf_counter() - start)
+
+
+def encode(model: ScoreModel, x0: torch.Tensor, *, sampler: str = "ode", steps: int | None = None,
+           t_min: float = T_MIN, adjoint: bool = False, progress: bool = False,
+           return_info: bool = False, **options):
+    """Latents ``z = x(T)`` of data ``x0 = x(t_min)`` along the probability-flow ODE.
+
+    ``x0``: ``(B, ...)``. ``sampler="ode"`` (default): torchdiffeq, ``options`` are the ``ode``
+    sampler's (``method`` any torchdiffeq method, default ``dopri5``; ``rtol``/``atol`` default
+    ``1e-5``; ``schedule`` and ``steps`` for fixed-step methods). Another deterministic sampler
+    from :data:`REVERSIBLE_SAMPLERS` runs its ``steps``-step grid in reverse, with its own options.
+    ``adjoint=True`` makes the result differentiable (``odeint_adjoint``). Returns ``z``, or a
+    :class:`~sdediff.samplers.base.SampleResult` (``x``, ``nfe``, ``times``, ``seconds``) with
+    ``return_info=True``.
+    """
+    result = _transport(model, x0, True, sampler, steps, t_min, adjoint, progress, options, "x0")
+    return result if return_info else result.x
+
+
+def decode(model: ScoreModel, z: torch.Tensor, *, sampler: str = "ode", steps: int | None = None,
+           t_min: float = T_MIN, adjoint: bool = False, progress: bool = False,
+           return_info: bool = False, **options):
+    """Data ``x(t_min)`` of latents ``z = x(T)``: the inverse of :func:`encode` with the same
+    ``t_min`` and options. Any deterministic sampler may decode; the result equals
+    ``sd.sample(model, x_T=z, sampler=..., t_end=t_min, denoise=False)``."""
+    result = _transport(model, z, False, sampler, steps, t_min, adjoint, progress, options, "z")
+    return result if return_info else result.x
+
+
+# ----------------------------------------------------------------------------------- likelihood
+
+def draw_probes(shape, probes: int, noise: str, generator: torch.Generator | None,
+                dtype: torch.dtype, device=None) -> torch.Tensor:
+    """``probes`` Skilling-Hutchinson probes per sample, shape ``(probes, *shape)``, with
+    ``E[v v^T] = I``: Rademacher (``+-1`` with probability 1/2) or standard Gaussian."""
+    check_choice("noise", noise, PROBE_NOISES)
+    full = (probes, *shape)
+    where = generator.device if generator is not None else device
+    if noise == "rademacher":
+        v = torch.randint(0, 2, full, generator=generator, device=where).to(dtype) * 2 - 1
+    else:
+        v = torch.randn(full, generator=generator, dtype=dtype, device=where)
+    return v.to(device)
+
+
+def exact_divergence(drift: torch.Tensor, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """``sum_i d drift_i / d x_i`` per sample ``(B,)``, from ``D`` vector-Jacobian products with the
+    unit vectors (batched :data:`EXACT_CHUNK` at a time); ``drift`` must be a function of ``x``."""
+    B, D = x.shape[0], x[0].numel()
+    div = torch.zeros(B, dtype=drift.dtype, device=drift.device)
+    for lo in range(0, D, EXACT_CHUNK):
+        idx = torch.arange(lo, min(D, lo + EXACT_CHUNK), device=x.device)
+        basis = torch.zeros(len(idx), B, D, dtype=drift.dtype, device=drift.device)
+        basis[torch.arange(len(idx)), :, idx] = 1
+        (vjp,) = torch.autograd.grad(drift, x, basis.reshape(len(idx), *x.shape),
+                                     retain_graph=True, create_graph=create_graph,
+                                     is_grads_batched=True)
+        div = div + vjp.reshape(len(idx), B, D)[torch.arange(len(idx)), :, idx].sum(0)
+    return div
+
+
+def hutchinson_divergence(drift: torch.Tensor, x: torch.Tensor, v: torch.Tensor,
+                          create_graph: bool = False) -> torch.Tensor:
+    """``v_p^T (d drift / d x) v_p`` per sample and probe, shape ``(B, P)``; ``v``: ``(P, *x.shape)``."""
+    (vjp,) = torch.autograd.grad(drift, x, v, retain_graph=True, create_graph=create_graph,
+                                 is_grads_batched=True)
+    return (vjp * v).flatten(2).sum(-1).T
+
+
+def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hutchinson",
+                   probes: int | None = None, noise: str | None = None,
+                   generator: torch.Generator | None = None, t_min: float = T_MIN,
+                   steps: int | None = None, adjoint: bool = False, progress: bool = False,
+                   return_info: bool = False, **options):
+    """Negative log-likelihood ``-log p_{t_min}(x0)`` in nats per sample, shape ``(B,)``.
+
+    The augmented probability-flow ODE ``(x, delta logp)`` is solved from ``(x0, 0)`` at ``t_min``
+    to ``(z, delta)`` at ``T``, and ``log p = prior_logp(z) + delta``. ``divergence``:
+    ``"exact"`` (``D`` vector-Jacobian products per call; small ``D``) or ``"hutchinson"``
+    (``probes`` per sample, default 1, ``noise`` ``"rademacher"`` (default) or ``"gaussian"``,
+    drawn once from ``generator``). ``options``: the ``ode`` sampler's (``method``, ``rtol``,
+    ``atol``, ``schedule``; ``steps`` for fixed-step methods). ``adjoint=True``: differentiable
+    with respect to ``x0`` and the network's parameters. With ``return_info=True`` returns a
+    :class:`LikelihoodResult` (standard error when ``probes >= 2``, latents, NFE).
+    """
+    model = _check_model(model)
+    check_batch("x0", x0)
+    check_choice("divergence", divergence, DIVERGENCES)
+    if divergence == "exact":
+        given = [f"{k}={v!r}" for k, v in (("probes", probes), ("noise", noise)) if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} given with divergence='exact', which draws no "
+                             "probes; use divergence='hutchinson'")
+        P = 1
+    else:
+        P = check_int("probes", 1 if probes is None else probes, minimum=1)
+        noise = check_choice("noise", "rademacher" if noise is None else noise, PROBE_NOISES)
+    t_min = _check_t_min(model, t_min)
+    solver = _ode_options(steps, options, "log_likelihood")
+    sde = model.sde
+    ts = _ode_grid(solver, sde, steps, t_min, forward=True)
+    v = None if divergence == "exact" else draw_probes(
+        x0.shape, P, noise, generator, x0.dtype, x0.device)
+    D = x0[0].numel()
+    bar = _Progress(ts, progress, "likelihood")
+    calls = [0]
+
+    def augmented(t, state):
+        x = state[0]
+        bar(t)
+        # Only odeint_adjoint's backward pass calls with gradients on; it hands in a state that
+        # requires grad, and the divergence must then be differentiable itself.
+        create_graph = torch.is_grad_enabled() and x.requires_grad
+        with torch.enable_grad():
+            if not create_graph:
+                x = x.detach().requires_grad_(True)
+            drift = sde.reverse_drift(model, x, t.to(torch.float64), probability_flow=True)
+            if v is None:
+                div = exact_divergence(drift, x, create_graph)[:, None]
+            else:
+                div = hutchinson_divergence(drift, x, v, create_graph)
+        calls[0] += 1
+        if not create_graph:
+            drift, div = drift.detach(), div.detach()
+        return drift, div                         # d(x, delta logp)/dt = (f~, div f~)
+
+    start, nfe_before = time.perf_counter(), model.nfe
+    state = (x0, torch.zeros(x0.shape[0], P, dtype=x0.dtype, device=x0.device))
+    try:
+        if adjoint:
+            z, delta = (y[-1] for y in _odeint(augmented, state, ts, solver, True,
+                                               _adjoint_params(model)))
+        else:
+            with torch.no_grad():
+                z, delta = (y[-1] for y in _odeint(augmented, state, ts, solver, False, ()))
+    finally:
+        bar.close()
+    prior = sde.prior_logp(z)
+    nll = -(prior + delta.mean(1))
+    if not bool(torch.isfinite(nll).all()):
+        raise NumericalError("log_likelihood: a non-finite log-likelihood; check the model's "
+                             "output, tighten rtol/atol or take more steps")
+    if not return_info:
+        return nll
+    stderr = delta.std(1) / math.sqrt(P) if P >= 2 else None
+    return LikelihoodResult(
+        nll=nll, stderr=stderr, z=z, prior_logp=prior, delta_logp=delta.mean(1),
+        nfe=model.nfe - nfe_before, vjps=calls[0] * (D if v is None else P),
+        seconds=time.perf_counter() - start, divergence=divergence, probes=P)
+
+
+# ------------------------------------------------------------------------------- interpolation
+
+def slerp(z_a: torch.Tensor, z_b: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation, per sample, of the directions of ``z_a`` and ``z_b`` ``(B, ...)``,
+    with the norm interpolated linearly: ``(B, len(weights), ...)``.
+
+    At weight ``w`` the direction is ``(sin((1-w) theta) u_a + sin(w theta) u_b) / sin(theta)``
+    (``theta`` the angle between the unit vectors ``u_a``, ``u_b``) and the norm
+    ``(1-w) |z_a| + w |z_b|``, so every latent keeps a norm between the endpoints' (a Gaussian
+    latent's norm concentrates near ``sqrt(D)``; a straight line would cut inside that shell).
+    """
+    check_same_shape("z_b", z_b, z_a, "z_a")
+    B = z_a.shape[0]
+    a, b = z_a.reshape(B, -1).double(), z_b.reshape(B, -1).double()
+    r_a, r_b = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
+    if bool((r_a == 0).any() | (r_b == 0).any()):
+        raise ValueError("cannot slerp a zero latent: it has no direction")
+    u_a, u_b = a / r_a, b / r_b
+    theta = torch.arccos((u_a * u_b).sum(1, keepdim=True).clamp(-1, 1))   # (B, 1)
+    w = weights.double().reshape(1, -1, 1)                                 # (1, n, 1)
+    theta = theta[:, :, None]
+    sin = torch.sin(theta)
+    # sin(w theta) / sin(theta) -> w as theta -> 0 (parallel latents: linear interpolation)
+    small = sin.abs() < 1e-8
+    c_a = torch.where(small, 1 - w, torch.sin((1 - w) * theta) / torch.where(small, 1, sin))
+    c_b = torch.where(small, w, torch.sin(w * theta) / torch.where(small, 1, sin))
+    direction = c_a * u_a[:, None] + c_b * u_b[:, None]
+    direction = direction / direction.norm(dim=2, keepdim=True)
+    radius = (1 - w) * r_a[:, None] + w * r_b[:, None]
+    return (radius * direction).to(z_a.dtype).reshape(B, -1, *z_a.shape[1:])
+
+
+def interpolate(model: ScoreModel, x_a: torch.Tensor, x_b: torch.Tensor, n: int, *,
+                return_latents: bool = False, **kwargs):
+    """Decoded :func:`slerp` between the latents of ``x_a`` and ``x_b``: ``(B, n, ...)`` for pairs
+    ``(B, ...)``; the endpoints are ``decode(encode(x_a))`` and ``decode(encode(x_b))``.
+
+    ``kwargs`` go to :func:`encode` and :func:`decode` alike (``sampler``, ``steps``, ``t_min``,
+    ``method``, ``rtol``, ...). With ``return_latents=True`` returns ``(images, latents)``.
+    """
+    check_batch("x_a", x_a)
+    check_batch("x_b", x_b)
+    check_same_shape("x_b", x_b, x_a, "x_a")
+    n = check_int("n", n, minimum=2)
+    for bad in ("return_info", "adjoint"):
+        if bad in kwargs:
+            raise ValueError(f"unknown option {bad!r} for interpolate")
+    B = x_a.shape[0]
+    z = encode(model, torch.cat([x_a, x_b]), **kwargs)
+    weights = torch.linspace(0, 1, n, dtype=torch.float64)
+    path = slerp(z[:B], z[B:], weights)                           # (B, n, ...)
+    x = decode(model, path.reshape(B * n, *x_a.shape[1:]), **kwargs).reshape(path.shape)
+    return (x, path) if return_latents else x
