@@ -1,36 +1,59 @@
-"""Checkpoints: safetensors weights plus a JSON config, written atomically.
+"""Checkpoints: safetensors weights plus a JSON config, written atomically, read without pickle.
 
 A run directory holds ``checkpoints/step-XXXXXXXX/`` folders and a ``checkpoints/latest`` file
 naming the newest complete one. Each folder has
 
 - ``model.safetensors``, ``ema.safetensors``: network weights (safetensors never runs code);
-- ``optimizer.pt``: the optimizer state, read back with ``torch.load(weights_only=True)``;
-- ``config.json``: format version, network, process, prediction type, data description,
-  training options and step.
+- ``optimizer.pt``: the optimizer state, read back only with ``torch.load(weights_only=True)``,
+  which refuses any pickled object other than tensors and plain containers;
+- ``config.json``: format version (:data:`FORMAT_VERSION`), network, process, prediction type,
+  data description, training options, step, and ``sha256``: the SHA-256 of each of the three
+  other files, so a truncated or corrupted file is an error rather than wrong weights.
 
-A folder is written under a temporary name, every file fsync'ed, then renamed into place, and
-only then is ``latest`` replaced (``os.replace`` of a small file, atomic on POSIX). A crash at any
-point leaves the previous checkpoint intact and ``latest`` pointing at a complete folder. The two
-newest folders are kept.
+Writing (crash safety). A folder is written under a temporary name (``.tmp-*``), every file and
+the folder fsync'ed, then renamed into place; only then is ``latest`` replaced (``os.replace`` of
+a small fsync'ed file, atomic on POSIX). A ``SIGKILL`` at any point leaves ``latest`` naming a
+complete folder and that folder intact; the two newest folders at or below the current step are
+kept. Debris of a killed write -- ``.tmp-*`` folders, ``.latest.*`` files -- is removed by the
+next save, and a folder moved aside (``.old-*``) while being replaced is put back if its
+replacement never arrived. Folders past the current step (written by a run killed before
+``latest`` named them, or the newer checkpoints of a run resumed from an older one) are never
+deleted: they are complete, and replaced when training reaches their step again.
+
+Reading. Every failure is a ``ValueError`` (or ``FileNotFoundError`` for a missing checkpoint)
+naming the file and what was expected: a file that is not safetensors, a truncated one, a digest
+that does not match, weights that do not fit the network the config describes, and a format
+version newer than this sdediff reads. Version 1 checkpoints written before digests were added
+(no ``sha256`` key) are still read; their files are then only checked by their parsers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .score import ScoreModel
 from .sde import sde_from_config
 
+#: Version of the on-disk layout; readers refuse newer ones. Adding an optional config key (as
+#: ``sha256`` was) keeps the version, a change older readers would misread bumps it.
 FORMAT_VERSION = 1
 KEEP = 2
 LATEST = "latest"
+WEIGHT_FILES = ("model.safetensors", "ema.safetensors")
+OPTIMIZER_FILE = "optimizer.pt"
+CONFIG_FILE = "config.json"
+_FOLDER = re.compile(r"step-(\d{8})")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -44,6 +67,14 @@ def _fsync_dir(path: Path) -> None:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -61,41 +92,86 @@ def _state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
 
 
+def _folder_step(path: Path) -> int | None:
+    match = _FOLDER.fullmatch(path.name)
+    return int(match.group(1)) if match else None
+
+
+def _clean(root: Path, step: int) -> None:
+    """Remove what a killed write left; of the folders at or below ``step`` keep the :data:`KEEP`
+    newest. Only rank 0 writes a run directory, so nothing else is mid-write here."""
+    for old in root.glob(".old-step-*"):
+        # Left by a kill while a folder was being replaced; if the new one never arrived, the old
+        # one is still a good checkpoint: put it back.
+        if not (root / old.name[5:]).exists() and _complete(old):
+            os.rename(old, root / old.name[5:])
+    for debris in (*root.glob(".tmp-*"), *root.glob(f".{LATEST}.*"), *root.glob(".old-*")):
+        if debris.is_dir():
+            shutil.rmtree(debris, ignore_errors=True)
+        else:
+            debris.unlink(missing_ok=True)
+    folders = sorted((s, p) for p in root.glob("step-*") if (s := _folder_step(p)) is not None)
+    older = [p for s, p in folders if s <= step][:-KEEP]
+    for path in older:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def save_checkpoint(run_dir, step: int, net, ema_net, optimizer, config: dict) -> Path:
     """Write the checkpoint of ``step`` atomically under ``run_dir/checkpoints``; return its folder."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
-    save_file(_state_dict(net), str(tmp / "model.safetensors"))
-    save_file(_state_dict(ema_net), str(tmp / "ema.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "config.json").write_text(json.dumps(
-        {"format_version": FORMAT_VERSION, "step": step, **config}, indent=2))
+    save_file(_state_dict(net), str(tmp / WEIGHT_FILES[0]))
+    save_file(_state_dict(ema_net), str(tmp / WEIGHT_FILES[1]))
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    digests = {name: _sha256(tmp / name) for name in (*WEIGHT_FILES, OPTIMIZER_FILE)}
+    (tmp / CONFIG_FILE).write_text(json.dumps(
+        {"format_version": FORMAT_VERSION, "step": step, **config, "sha256": digests}, indent=2))
     for f in tmp.iterdir():
         _fsync_file(f)
     _fsync_dir(tmp)
-    if final.exists():  # a rerun of the same step replaces its earlier folder
-        shutil.rmtree(final)
+    if final.exists():
+        # A save of a step that already has a folder (a rerun after a crash, or save() called
+        # twice). Move the old one aside rather than delete it: if `latest` names it and we are
+        # killed before the new one is in place, resolve_checkpoint still finds it. A previous
+        # `.old-` copy is stale: `final` exists, is complete (it only ever appears by rename of a
+        # complete folder) and is what resolve_checkpoint prefers.
+        old = root / f".old-{final.name}"
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(final, old)
     os.rename(tmp, final)
     _fsync_dir(root)
     _write_text_atomic(root / LATEST, final.name + "\n")
-    for old in sorted(root.glob("step-*"))[:-KEEP]:
-        shutil.rmtree(old, ignore_errors=True)
+    _clean(root, step)
     return final
 
 
+def _complete(folder: Path) -> bool:
+    return all((folder / name).is_file()
+               for name in (CONFIG_FILE, *WEIGHT_FILES, OPTIMIZER_FILE))
+
+
 def resolve_checkpoint(path) -> Path:
-    """The checkpoint folder for ``path``: a checkpoint folder itself, or a run directory (its
-    newest complete checkpoint)."""
+    """The checkpoint folder for ``path``: a checkpoint folder itself, or a run directory (the
+    folder its ``latest`` names).
+
+    If a save was killed while replacing the very folder ``latest`` names, that folder is found
+    under its temporary ``.old-`` name.
+    """
     path = Path(path)
-    if (path / "config.json").is_file():
+    if (path / CONFIG_FILE).is_file():
         return path
     latest = path / "checkpoints" / LATEST
     if latest.is_file():
-        folder = path / "checkpoints" / latest.read_text().strip()
-        if (folder / "config.json").is_file():
-            return folder
+        name = latest.read_text().strip()
+        if not _FOLDER.fullmatch(name):  # never follow a path out of the run directory
+            raise ValueError(f"{str(latest)!r} names {name!r}; expected a folder name like "
+                             "'step-00001000' (the file is corrupt)")
+        for folder in (latest.parent / name, latest.parent / f".old-{name}"):
+            if (folder / CONFIG_FILE).is_file():
+                return folder
     raise FileNotFoundError(
         f"no checkpoint at {str(path)!r}; expected a run directory written by `sdediff train` "
         "(with checkpoints/latest) or a checkpoint folder holding config.json"
@@ -103,30 +179,106 @@ def resolve_checkpoint(path) -> Path:
 
 
 def read_config(folder: Path) -> dict:
-    config = json.loads((folder / "config.json").read_text())
+    """The config of a checkpoint folder; refuses unreadable JSON and newer format versions."""
+    file = Path(folder) / CONFIG_FILE
+    try:
+        config = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"checkpoint config {str(file)!r} is not valid JSON ({err}); the file is "
+                         "truncated or corrupt") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"checkpoint config {str(file)!r} holds a {type(config).__name__}; "
+                         "expected a JSON object")
     version = config.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(
             f"checkpoint {str(folder)!r} has format version {version!r}; this sdediff reads "
             f"versions up to {FORMAT_VERSION} (upgrade sdediff)"
         )
+    missing = [k for k in ("step", "net", "sde", "prediction") if k not in config]
+    if missing:
+        raise ValueError(f"checkpoint config {str(file)!r} lacks {', '.join(missing)}; the file "
+                         "is corrupt or not written by sdediff")
     return config
 
 
-def load_weights(module: torch.nn.Module, file: Path) -> None:
-    """Load safetensors weights into ``module``; a mismatch is an error, never silently skipped."""
-    module.load_state_dict(load_file(str(file)), strict=True)
+def _verify(file: Path, config: dict | None) -> None:
+    """Check ``file`` exists and matches the digest its config records (if it records one)."""
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint file {str(file)!r} is missing; the checkpoint is "
+                                "incomplete")
+    expected = (config or {}).get("sha256", {}).get(file.name)
+    if expected is not None and _sha256(file) != expected:
+        raise ValueError(f"checkpoint file {str(file)!r} does not match the SHA-256 recorded in "
+                         f"its {CONFIG_FILE}; the file is truncated or corrupt")
 
 
-def load_model(path, ema: bool = True, device=None) -> tuple[ScoreModel, dict]:
-    """A :class:`ScoreModel` (EMA weights by default) and the config of the checkpoint at ``path``."""
+def load_weights(module: torch.nn.Module, file: Path, config: dict | None = None) -> None:
+    """Load safetensors weights into ``module``; a mismatch is an error, never silently skipped.
+
+    ``config`` (the checkpoint's) supplies the expected digest of ``file``.
+    """
+    file = Path(file)
+    _verify(file, config)
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"cannot read {str(file)!r} as safetensors weights ({err}); the file is "
+                         "truncated, corrupt or not a safetensors file") from err
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}"
+                         f"{' ...' if len(unexpected) > 3 else ''}")
+        for k in wrong[:3]:
+            parts.append(f"{k} has shape {tuple(state[k].shape)}, the network needs "
+                         f"{tuple(own[k].shape)}")
+        name = getattr(module, "config", {}).get("name", type(module).__name__)
+        raise ValueError(f"weights in {str(file)!r} do not fit the network {name!r} described by "
+                         f"the config: {'; '.join(parts)}")
+    module.load_state_dict(state, strict=True)
+
+
+def load_optimizer_state(file: Path, config: dict | None = None, map_location=None) -> dict:
+    """The optimizer state dict in ``file``, unpickled with ``weights_only=True`` (tensors and
+    plain containers only: a crafted pickle cannot run code)."""
+    file = Path(file)
+    _verify(file, config)
+    try:
+        state = torch.load(file, weights_only=True, map_location=map_location)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"refusing to load {str(file)!r}: it holds objects other than tensors "
+                         "and plain containers, which weights_only loading never runs") from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ValueError(f"cannot read {str(file)!r} as an optimizer state ({err}); the file is "
+                         "truncated or corrupt") from err
+    if not isinstance(state, dict) or not {"state", "param_groups"} <= set(state):
+        raise ValueError(f"{str(file)!r} holds no optimizer state dict (keys 'state' and "
+                         "'param_groups')")
+    return state
+
+
+def load_model(path, ema: bool = True, device=None, autocast=None) -> tuple[ScoreModel, dict]:
+    """A :class:`ScoreModel` (EMA weights by default) and the config of the checkpoint at ``path``.
+
+    ``autocast``: run the network under ``torch.autocast`` in this dtype (``"bfloat16"``), see
+    :class:`~sdediff.score.ScoreModel`.
+    """
     from .nets import build_net  # networks are only needed when a model is rebuilt
 
     folder = resolve_checkpoint(path)
     config = read_config(folder)
     net = build_net(config["net"])
-    load_weights(net, folder / ("ema.safetensors" if ema else "model.safetensors"))
+    load_weights(net, folder / WEIGHT_FILES[1 if ema else 0], config)
     net.eval()
     if device is not None:
         net.to(device)
-    return ScoreModel(net, sde_from_config(config["sde"]), prediction=config["prediction"]), config
+    model = ScoreModel(net, sde_from_config(config["sde"]), prediction=config["prediction"],
+                       autocast=autocast)
+    return model, config

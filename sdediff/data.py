@@ -279,7 +279,8 @@ def _read_image(path: Path) -> np.ndarray:
             gray = image.mode in ("1", "L", "LA")
             pixels = np.asarray(image.convert("L" if gray else "RGB"), dtype=np.uint8)
     except (OSError, SyntaxError) as err:  # PIL reports broken files with either
-        raise ValueError(f"cannot read image {str(path)!r}: {err}") from err
+        raise ValueError(f"cannot read image {str(path)!r} ({err}); allowed: 8-bit grayscale or "
+                         "colour .png/.jpg/.jpeg files") from err
     return pixels[None] if gray else pixels.transpose(2, 0, 1)
 
 

@@ -23,6 +23,8 @@ from .sde import ForwardProcess
 from .utils import batch_times, expand_like
 
 PREDICTIONS = ("eps", "x0", "v", "score")
+#: Lower-precision dtypes the network may run in under ``torch.autocast`` (CPU and CUDA).
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16}
 
 
 def convert_prediction(value: torch.Tensor, source: str, target: str, x: torch.Tensor,
@@ -64,9 +66,15 @@ class ScoreModel:
 
     Every call of the network increments :attr:`nfe`, so samplers report counted, not estimated,
     network evaluations. The first call checks the output's shape and dtype against the input.
+
+    ``autocast="bfloat16"`` runs the network under ``torch.autocast`` in bfloat16 on ``x``'s device
+    (CPU included) and casts its output back to ``x``'s dtype, so the prediction conversions, the
+    loss and the solvers' arithmetic stay in full precision; only the network's matrix products
+    are in bfloat16 (design: "the network may run in bfloat16").
     """
 
-    def __init__(self, net: Callable, sde: ForwardProcess, prediction: str = "eps"):
+    def __init__(self, net: Callable, sde: ForwardProcess, prediction: str = "eps",
+                 autocast: str | None = None):
         if not callable(net):
             raise TypeError(f"net must be callable as net(x, t), got {type(net).__name__}")
         if not isinstance(sde, ForwardProcess):
@@ -76,6 +84,9 @@ class ScoreModel:
         self.net = net
         self.sde = sde
         self.prediction = check_choice("prediction", prediction, PREDICTIONS)
+        if autocast is not None:
+            check_choice("autocast dtype", autocast, AUTOCAST_DTYPES)
+        self.autocast = autocast
         self.nfe = 0
         self._checked = False
 
@@ -90,7 +101,13 @@ class ScoreModel:
         check_tensor("x", x, finite=False)
         t = batch_times(t, x)
         check_batch_times(t, x.shape[0])
-        out = self.net(x, t.to(x.dtype))
+        if self.autocast is None:
+            out = self.net(x, t.to(x.dtype))
+        else:
+            with torch.autocast(x.device.type, dtype=AUTOCAST_DTYPES[self.autocast]):
+                out = self.net(x, t.to(x.dtype))
+            if isinstance(out, torch.Tensor):
+                out = out.to(x.dtype)
         self.nfe += 1
         if not self._checked:
             if not isinstance(out, torch.Tensor):
@@ -119,7 +136,9 @@ class ScoreModel:
         return self.predict(x, t, "score")
 
     def __repr__(self) -> str:
-        return f"ScoreModel({type(self.net).__name__}, {self.sde!r}, prediction={self.prediction!r})"
+        extra = "" if self.autocast is None else f", autocast={self.autocast!r}"
+        return (f"ScoreModel({type(self.net).__name__}, {self.sde!r}, "
+                f"prediction={self.prediction!r}{extra})")
 
 
 class GaussianMixture:

@@ -9,6 +9,17 @@ generators seeded with ``(seed, n, rank)`` inside :func:`torch.random.fork_rng`,
 stream is a function of the step and the global RNG is left untouched. With the model, EMA and
 optimizer states restored, training ``2N`` steps equals ``N`` steps, resume, ``N`` steps, bit for bit.
 
+Non-finite losses and gradients. ``on_nonfinite="stop"`` (default) raises
+:class:`~sdediff.checks.NumericalError` before the bad step touches the weights; nothing is saved,
+so the newest checkpoint is the last good state. ``"skip"`` drops the step instead (no update, no
+EMA update, the step counter advances so the next step draws new data) and stops only after
+``max_skips`` consecutive bad steps; skipped steps are listed in ``Trainer.skipped``. Skipping is
+a function of the step's data and the weights, so resume stays exact.
+
+Mixed precision. ``autocast="bfloat16"`` runs the network's forward (and so its backward) under
+``torch.autocast`` in bfloat16, on CPU as on GPU; weights, optimizer state, EMA and loss stay
+float32 (see :class:`~sdediff.score.ScoreModel`).
+
 Distributed. When ``torch.distributed`` is initialised (``torchrun``), the network is wrapped in
 ``DistributedDataParallel``, each rank draws its own batch (its rank is in the seed) and only
 rank 0 writes checkpoints, logs and the progress bar.
@@ -18,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,15 +38,25 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .checkpoint import load_weights, read_config, resolve_checkpoint, save_checkpoint
-from .checks import check_choice, check_finite_value, check_float, check_int
+from .checkpoint import (
+    OPTIMIZER_FILE,
+    WEIGHT_FILES,
+    load_optimizer_state,
+    load_weights,
+    read_config,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from .checks import check_batch, check_choice, check_finite_value, check_float, check_int
 from .losses import WEIGHTINGS, dsm_loss
-from .score import PREDICTIONS, ScoreModel
+from .score import AUTOCAST_DTYPES, PREDICTIONS, ScoreModel
 
 LOSS_CSV = "loss.csv"
 LOSS_PNG = "loss.png"
 #: Decay of the running loss shown by the progress bar and returned by fit().
 RUNNING_DECAY = 0.98
+#: What a non-finite loss or gradient norm does: raise, or drop the step.
+NONFINITE_POLICIES = ("stop", "skip")
 # Large odd multipliers keep the per-step seeds of different (seed, step, rank) apart.
 _SEED_STRIDE_STEP = 1_000_003
 _SEED_STRIDE_RANK = 7_919
@@ -54,6 +76,9 @@ class TrainConfig:
     weighting: str = "eps"
     checkpoint_every: int = 500
     seed: int = 0
+    on_nonfinite: str = "stop"
+    max_skips: int = 10
+    autocast: str | None = None
 
     def __post_init__(self):
         check_int("steps", self.steps, minimum=1)
@@ -66,6 +91,10 @@ class TrainConfig:
         check_choice("weighting", self.weighting, WEIGHTINGS)
         check_int("checkpoint_every", self.checkpoint_every, minimum=1)
         check_int("seed", self.seed, minimum=0)
+        check_choice("on_nonfinite policy", self.on_nonfinite, NONFINITE_POLICIES)
+        check_int("max_skips", self.max_skips, minimum=1)
+        if self.autocast is not None:
+            check_choice("autocast dtype", self.autocast, AUTOCAST_DTYPES)
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -91,15 +120,18 @@ class Trainer:
         self.net = net.to(self.device)
         self.ema_net = copy.deepcopy(self.net).eval().requires_grad_(False)
         self.sde = sde
-        self.data = data
+        self.data = check_batch("data", data)
         self.out_dir = Path(out_dir)
         self.meta = meta or {}
         self.progress = progress and self.rank == 0
         self.step = 0
+        self.skipped: list[int] = []
+        self._consecutive_skips = 0
         train_net = self.net
         if self.world_size > 1:
             train_net = torch.nn.parallel.DistributedDataParallel(self.net)
-        self.model = ScoreModel(train_net, sde, prediction=self.prediction)
+        self.model = ScoreModel(train_net, sde, prediction=self.prediction,
+                                autocast=self.config.autocast)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.config.lr,
                                            weight_decay=self.config.weight_decay)
 
@@ -123,10 +155,14 @@ class Trainer:
         """Restore model, EMA, optimizer and step from ``path`` (default: this run's newest)."""
         folder = resolve_checkpoint(path or self.out_dir)
         config = read_config(folder)
-        load_weights(self.net, folder / "model.safetensors")
-        load_weights(self.ema_net, folder / "ema.safetensors")
-        state = torch.load(folder / "optimizer.pt", weights_only=True, map_location=self.device)
-        self.optimizer.load_state_dict(state)
+        load_weights(self.net, folder / WEIGHT_FILES[0], config)
+        load_weights(self.ema_net, folder / WEIGHT_FILES[1], config)
+        state = load_optimizer_state(folder / OPTIMIZER_FILE, config, map_location=self.device)
+        try:
+            self.optimizer.load_state_dict(state)
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise ValueError(f"optimizer state in {str(folder / OPTIMIZER_FILE)!r} does not fit "
+                             f"the network described by the config ({err})") from err
         self.step = int(config["step"])
         if self.rank == 0:
             self._truncate_log(self.step)
@@ -144,8 +180,26 @@ class Trainer:
     def _step_seed(self, step: int) -> int:
         return (self.config.seed * _SEED_STRIDE_STEP + step) * _SEED_STRIDE_RANK + self.rank
 
+    def _nonfinite(self, what: str, value: float) -> None:
+        """Apply ``on_nonfinite`` to a non-finite ``value``: raise, or record a skipped step."""
+        advice = ("lower --lr or raise the warm-up; nothing of this step was applied and the last "
+                  "good checkpoint is kept")
+        if self.config.on_nonfinite == "stop":
+            check_finite_value(f"{what} at step {self.step}", value,
+                               f"{advice} (or train with on_nonfinite='skip')")
+        self._consecutive_skips += 1
+        self.skipped.append(self.step)
+        if self._consecutive_skips >= self.config.max_skips:
+            check_finite_value(f"{what} at step {self.step}", value,
+                               f"{self._consecutive_skips} consecutive steps were skipped "
+                               f"(max_skips={self.config.max_skips}); {advice}")
+
     def train_step(self) -> float:
-        """One optimisation step at ``self.step``; returns the (local) loss."""
+        """One optimisation step at ``self.step``; returns the (local) loss.
+
+        A non-finite loss or gradient norm is handled by ``config.on_nonfinite`` before the
+        optimizer or the EMA see it (see the module docstring).
+        """
         cfg = self.config
         self.net.train()
         generator = torch.Generator(device=self.device).manual_seed(self._step_seed(self.step))
@@ -156,14 +210,25 @@ class Trainer:
             x0 = self.data[idx.to(self.data.device)].to(self.device)
             loss = dsm_loss(self.model, x0, weighting=cfg.weighting, generator=generator)
             value = float(loss.detach())
-            check_finite_value(f"training loss at step {self.step}", value,
-                               "lower --lr or raise the warm-up; the last good checkpoint is kept")
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.lr_at(self.step)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
-            self.optimizer.step()
+            good = math.isfinite(value)
+            if not good:
+                self._nonfinite("training loss", value)
+            else:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.lr_at(self.step)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                norm = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip))
+                good = math.isfinite(norm)
+                if not good:  # an overflow in backward; clipping would spread it to every weight
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._nonfinite("gradient norm", norm)
+                else:
+                    self.optimizer.step()
+        if not good:  # skipped: no update, no EMA update; the next step draws new data
+            self.step += 1
+            return value
+        self._consecutive_skips = 0
         decay = self.ema_decay_at(self.step)
         with torch.no_grad():
             for ema_p, p in zip(self.ema_net.parameters(), self.net.parameters(), strict=True):
@@ -180,6 +245,9 @@ class Trainer:
         total = check_int("steps", steps if steps is not None else self.config.steps, minimum=0)
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            # Rows past the current step were written by a run killed before its next
+            # checkpoint (also when it died before the first one and this is a fresh start).
+            self._truncate_log(self.step)
         log = self._open_log() if self.rank == 0 else None
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc="train",
                    dynamic_ncols=True)
@@ -188,15 +256,17 @@ class Trainer:
         try:
             while self.step < total:
                 loss = self.train_step()
-                # bias-corrected EMA (Adam-style), so short runs show the current loss, not step 1's
-                ema_sum = RUNNING_DECAY * ema_sum + (1 - RUNNING_DECAY) * loss
-                ema_weight = RUNNING_DECAY * ema_weight + (1 - RUNNING_DECAY)
-                running = ema_sum / ema_weight
+                skipped = bool(self.skipped) and self.skipped[-1] == self.step - 1
+                if not skipped:  # a skipped step is logged (as nan/inf), not averaged
+                    # bias-corrected EMA (Adam-style): short runs show the current loss, not step 1's
+                    ema_sum = RUNNING_DECAY * ema_sum + (1 - RUNNING_DECAY) * loss
+                    ema_weight = RUNNING_DECAY * ema_weight + (1 - RUNNING_DECAY)
+                    running = ema_sum / ema_weight
+                    bar.set_postfix(loss=f"{running:.4f}")
                 if log is not None:
                     log.writerow([self.step, f"{loss:.6g}", f"{self.lr_at(self.step - 1):.6g}",
                                   f"{time.perf_counter() - start:.3f}"])
                 bar.update(1)
-                bar.set_postfix(loss=f"{running:.4f}")
                 if self.step % self.config.checkpoint_every == 0 or self.step == total:
                     if log is not None:
                         self._log_file.flush()

@@ -26,11 +26,17 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error is one line on stderr and status 2, never a traceback.
+
+    ``OSError`` covers every path the user names (missing, a file where a folder is needed,
+    unreadable, a full disk): its message carries the path and the reason.
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, NumericalError) as err:
-        return fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    except (ValueError, TypeError, OSError, NumericalError) as err:
+        lines = str(err).splitlines()
+        return fail(lines[0] if lines else type(err).__name__)
     except KeyboardInterrupt:
         return fail("interrupted")
 

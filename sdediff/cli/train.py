@@ -35,6 +35,8 @@ def default_net(dataset, model: str):
 
 
 def cmd_train(args) -> int:
+    import torch
+
     from ..checkpoint import read_config, resolve_checkpoint
     from ..data import load_dataset
     from ..nets import build_net
@@ -42,6 +44,9 @@ def cmd_train(args) -> int:
     from ..train import TrainConfig, Trainer, train_config_from
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; allowed: a new directory, or a run "
+                         "directory to continue with --resume")
     has_run = (out / "checkpoints" / "latest").is_file()
     if has_run and not args.resume:
         return fail(f"{str(out)!r} already holds a training run; pass --resume to continue it "
@@ -51,7 +56,17 @@ def cmd_train(args) -> int:
     dataset = load_dataset(args.data, seed=args.seed)
     if args.resume:
         saved = read_config(resolve_checkpoint(out))
-        train = saved["train"] | ({"steps": args.steps} if args.steps is not None else {})
+        if list(saved.get("data", {}).get("shape", dataset.shape)) != list(dataset.shape):
+            raise ValueError(f"--data {args.data!r} has examples of shape {dataset.shape} but the run "
+                             f"in {str(out)!r} was trained on {saved['data'].get('name')!r} of "
+                             f"shape {tuple(saved['data']['shape'])}; resume with that data")
+        train = saved["train"] | {k: v for k, v in (("steps", args.steps),
+                                                     ("on_nonfinite", args.on_nonfinite))
+                                  if v is not None}
+        if train.get("steps", 0) < saved["step"]:
+            raise ValueError(f"--steps {train['steps']} is below the step of the checkpoint in "
+                             f"{str(out)!r}; allowed: >= {saved['step']} (the total, not the "
+                             "steps still to go)")
         config = train_config_from(train)
         net, sde, prediction = (build_net(saved["net"]), sde_from_config(saved["sde"]),
                                 saved["prediction"])
@@ -62,17 +77,25 @@ def cmd_train(args) -> int:
         for key in ("steps", "batch_size", "lr", "checkpoint_every"):
             if getattr(args, key) is not None:
                 preset[key] = getattr(args, key)
-        config = TrainConfig(**preset, weighting=args.weighting, seed=args.seed)
-        net, sde, prediction = default_net(dataset, model), make_process(args.sde), args.prediction
+        config = TrainConfig(**preset, weighting=args.weighting, seed=args.seed,
+                             on_nonfinite=args.on_nonfinite or "stop", autocast=args.autocast)
+        # The initial weights come from --seed too, so one command line gives one run (and a run
+        # killed before its first checkpoint restarts from the same weights).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            net = default_net(dataset, model)
+        sde, prediction = make_process(args.sde), args.prediction
     trainer = Trainer(net, sde, dataset.train, out, config=config, prediction=prediction,
                       meta=dataset.to_config(), progress=not args.no_progress)
     if args.resume:
         print(f"resuming {out} at step {trainer.resume()}")
     stats = trainer.fit()
     n_params = sum(p.numel() for p in net.parameters())
+    final = "n/a" if stats["final_loss"] is None else f"{stats['final_loss']:.4f}"
+    skipped = f", {len(trainer.skipped)} non-finite steps skipped" if trainer.skipped else ""
     print(f"trained {type(net).__name__} ({n_params:,} parameters) on {dataset.name} "
           f"for {stats['steps']} steps in {stats['seconds']:.1f} s "
-          f"({stats['examples_per_second']:.0f} examples/s), final loss {stats['final_loss']:.4f}")
+          f"({stats['examples_per_second']:.0f} examples/s), final loss {final}{skipped}")
     print(f"checkpoint: {resolve_checkpoint(out)}")
     print(f"loss log: {out / 'loss.csv'}  loss curve: {out / 'loss.png'}")
     return 0
@@ -95,6 +118,11 @@ def add_parser(sub) -> None:
     p.add_argument("--prediction", default="eps", choices=("eps", "x0", "v", "score"))
     p.add_argument("--weighting", default="eps", choices=("eps", "likelihood"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--on-nonfinite", choices=("stop", "skip"),
+                   help="a non-finite loss or gradient: stop, keeping the last good checkpoint "
+                        "(default), or skip the step")
+    p.add_argument("--autocast", choices=("bfloat16",),
+                   help="run the network in bfloat16 under torch.autocast (CPU or GPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
