@@ -106,9 +106,10 @@ def plot_trajectories(trajectory: torch.Tensor, data: torch.Tensor | None, png_p
     return Path(png_path)
 
 
-def save_image_grid(images: torch.Tensor, png_path, nrow: int | None = None,
-                    data_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
-    """Images ``(B, C, H, W)`` (``C`` = 1 or 3, values in ``data_range``) tiled into one PNG."""
+def tile_images(images: torch.Tensor, nrow: int | None = None,
+                data_range: tuple[float, float] = (-1.0, 1.0)):
+    """Images ``(B, C, H, W)`` (values in ``data_range``) tiled ``nrow`` per row with a 1-pixel
+    white border, as a ``(rows, cols, C)`` array in ``[0, 1]``."""
     x = images.detach().double().clamp(*data_range)
     x = (x - data_range[0]) / (data_range[1] - data_range[0])
     B, C, H, W = x.shape
@@ -120,11 +121,58 @@ def save_image_grid(images: torch.Tensor, png_path, nrow: int | None = None,
         r, c = divmod(k, nrow)
         top, left = pad + r * (H + pad), pad + c * (W + pad)
         canvas[:, top:top + H, left:left + W] = x[k]
-    array = canvas.permute(1, 2, 0).numpy()
-    scale = max(1, 256 // max(canvas.shape[1:]))
+    return canvas.permute(1, 2, 0).numpy()
+
+
+def _show(ax, array) -> None:
+    gray = array.shape[2] == 1
+    ax.imshow(array[..., 0] if gray else array, cmap="gray" if gray else None, vmin=0.0, vmax=1.0,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def save_image_grid(images: torch.Tensor, png_path, nrow: int | None = None,
+                    data_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+    """Images ``(B, C, H, W)`` (``C`` = 1 or 3, values in ``data_range``) tiled into one PNG."""
+    array = tile_images(images, nrow, data_range)
+    scale = max(1, 256 // max(array.shape[:2]))
     array = array.repeat(scale, axis=0).repeat(scale, axis=1)
-    plt.imsave(png_path, array[..., 0] if C == 1 else array, cmap="gray" if C == 1 else None,
-               vmin=0.0, vmax=1.0)
+    plt.imsave(png_path, array[..., 0] if array.shape[2] == 1 else array,
+               cmap="gray" if array.shape[2] == 1 else None, vmin=0.0, vmax=1.0)
+    return Path(png_path)
+
+
+def plot_image_panels(panels: dict, png_path, ncols: int = 2, nrow: int | None = None,
+                      data_range: tuple[float, float] = (-1.0, 1.0), panel_size: float = 3.2
+                      ) -> Path:
+    """One titled panel per entry of ``panels`` (title -> images ``(B, C, H, W)``), ``ncols``
+    panels per row, each a tile of its images ``nrow`` per row."""
+    n = len(panels)
+    rows = int(math.ceil(n / ncols))
+    fig, axes = plt.subplots(rows, ncols, figsize=(panel_size * ncols, (panel_size + 0.3) * rows),
+                             squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (title, images) in zip(axes.flat, panels.items(), strict=False):
+        _show(ax, tile_images(images, nrow, data_range))
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return Path(png_path)
+
+
+def plot_image_rows(rows: dict, png_path, data_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+    """Strips of images, one per entry of ``rows`` (label -> images ``(n, C, H, W)``), labelled
+    on the left: e.g. originals, latents and reconstructions, or interpolation paths."""
+    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 1.1 * len(rows) + 0.3), squeeze=False)
+    for ax, (label, images) in zip(axes[:, 0], rows.items(), strict=True):
+        _show(ax, tile_images(images, len(images), data_range))
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
     return Path(png_path)
 
 

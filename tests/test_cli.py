@@ -1,5 +1,6 @@
 """The `sdediff` command: outputs written, and every user error one line with exit status 2."""
 
+import re
 import subprocess
 import sys
 
@@ -88,10 +89,31 @@ def test_samplers_table_lists_every_sampler(capsys):
 
 
 def test_demo_small(capsys, tmp_path):
-    assert main(["demo", "--out", str(tmp_path), "--steps", "30", "--num", "100",
+    assert main(["demo", "--out", str(tmp_path), "--steps", "30", "--num", "100", "--no-images",
                  "--no-progress"]) == 0
-    for name in ("samplers.png", "trajectories.png", "summary.md"):
+    for name in ("samplers.png", "trajectories.png", "report.md"):
         assert (tmp_path / name).stat().st_size > 500
-    summary = (tmp_path / "summary.md").read_text()
+    report = (tmp_path / "report.md").read_text()
     for name in sd.samplers.available():
-        assert f"\n{name} " in summary
+        assert f"\n{name} " in report
+
+
+def test_demo_images_part_with_the_bundled_model(capsys, tmp_path, monkeypatch):
+    from sdediff.cli import demo
+
+    monkeypatch.setattr(demo, "IMAGE_SAMPLERS", ("ddim",))
+    monkeypatch.setattr(demo, "IMAGE_NUM", 24)
+    monkeypatch.setattr(demo, "ROUND_TRIP", 3)
+    monkeypatch.setattr(demo, "PAIRS", 2)
+    monkeypatch.setattr(demo, "LIKELIHOOD_NUM", 3)
+    assert main(["demo", "--out", str(tmp_path), "--steps", "20", "--num", "50",
+                 "--no-progress"]) == 0
+    for name in ("digits_samplers.png", "digits_round_trip.png", "digits_interpolation.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    report = (tmp_path / "report.md").read_text()
+    assert "## Images: the bundled digits model" in report
+    assert re.search(r"ddim\s+9\s+10\s", report)                  # 9 steps + final denoise = 10 NFE
+    error = float(re.search(r"relative error max (\S+),", report).group(1))
+    assert error < 1e-2
+    bpd = float(re.search(r"Likelihood: (\S+) \+- ", report).group(1))
+    assert 0 < bpd < 4.09                                         # beats a uniform density

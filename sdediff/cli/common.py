@@ -79,3 +79,16 @@ def write_samples(x, out: Path, data_config: dict, data=None) -> list[Path]:
     else:
         plot_points({f"{len(x)} samples": x[:, :2]}, None if data is None else data[:, :2], png)
     return [out, png]
+
+
+def add_checkpoint_argument(p) -> None:
+    p.add_argument("--checkpoint", help="run directory or checkpoint folder (default: the bundled "
+                   "digits model)")
+
+
+def load_checkpoint_model(path: str | None):
+    """``(model, config)`` of the checkpoint at ``path``, or of the bundled digits model."""
+    from ..checkpoint import load_model
+    from ..pretrained import default_checkpoint
+
+    return load_model(default_checkpoint() if path is None else path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import parse_options, write_samples
+from .common import add_checkpoint_argument, load_checkpoint_model, parse_options, write_samples
 
 #: Examples per solve in the ODE commands (adaptive step sizes are shared within a batch).
 ODE_BATCH_SIZE = 256
@@ -93,10 +93,9 @@ def cmd_encode(args) -> int:
 
     import numpy as np
 
-    from ..checkpoint import load_model
     from ..ode import T_MIN, encode
 
-    model, config = load_model(args.checkpoint)
+    model, config = load_checkpoint_model(args.checkpoint)
     x, what, _, _ = load_examples(args.data, args.input, args.num, config)
     options = _solver_options(args)
     t_min = T_MIN if args.t_min is None else args.t_min
@@ -106,7 +105,7 @@ def cmd_encode(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, z.cpu().numpy())
     _sidecar(out).write_text(json.dumps(
-        {"checkpoint": str(args.checkpoint), "t_min": t_min, "sampler": args.sampler,
+        {"checkpoint": args.checkpoint or "bundled digits", "t_min": t_min, "sampler": args.sampler,
          "steps": args.steps, "options": options, "data": args.data, "input": args.input,
          "num": len(x)}, indent=2))
     print(f"encoded {len(x)} examples of {what} with {args.sampler} (t_min {t_min:g}): NFE {nfe}, "
@@ -122,10 +121,9 @@ def cmd_decode(args) -> int:
     import numpy as np
     import torch
 
-    from ..checkpoint import load_model
     from ..ode import T_MIN, decode
 
-    model, config = load_model(args.checkpoint)
+    model, config = load_checkpoint_model(args.checkpoint)
     path = Path(args.input)
     if path.suffix.lower() != ".npy" or not path.is_file():
         raise FileNotFoundError(f"--input {args.input!r} must be a latents .npy file written by "
@@ -169,10 +167,9 @@ def cmd_likelihood(args) -> int:
     import numpy as np
     import torch
 
-    from ..checkpoint import load_model
     from ..ode import T_MIN, bits_per_dim, dequantization_offset, dequantize, log_likelihood
 
-    model, config = load_model(args.checkpoint)
+    model, config = load_checkpoint_model(args.checkpoint)
     x, what, n_levels, data_range = load_examples(args.data, args.input, args.num, config)
     if args.n_levels is not None:
         n_levels = args.n_levels
@@ -226,12 +223,11 @@ def cmd_likelihood(args) -> int:
 def cmd_interpolate(args) -> int:
     import numpy as np
 
-    from ..checkpoint import load_model
     from ..checks import check_int
     from ..ode import T_MIN, interpolate
     from ..plotting import plot_points, save_image_grid
 
-    model, config = load_model(args.checkpoint)
+    model, config = load_checkpoint_model(args.checkpoint)
     x, what, _, _ = load_examples(args.data, args.input, None, config)
     pairs = args.pair or [[0, 1]]
     for i, j in pairs:
@@ -257,7 +253,7 @@ def cmd_interpolate(args) -> int:
 
 
 def _add_input_arguments(p, num: bool = True) -> None:
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint folder")
+    add_checkpoint_argument(p)
     p.add_argument("--input", help="a .npy file or a folder of images (all examples, in order)")
     p.add_argument("--data", help="a data set name (its held-out split), e.g. digits, gmm")
     if num:
@@ -291,7 +287,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="decode latents back to data (the inverse of encode)")
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint folder")
+    add_checkpoint_argument(p)
     p.add_argument("--input", required=True, help="latents .npy written by `sdediff encode`")
     p.add_argument("--out", default="decoded.png", help="PNG (and .npy beside)")
     _add_solver_arguments(p, sampler_default=None)  # default: the encoder's, from its .json

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import format_table, parse_options, write_samples
+from .common import add_checkpoint_argument, format_table, load_checkpoint_model, parse_options, write_samples
 
 
 def sampler_rows() -> list[dict]:
@@ -49,11 +49,10 @@ def cmd_sample(args) -> int:
     import torch
 
     from .. import samplers
-    from ..checkpoint import load_model
     from ..checks import check_int
     from ..data import load_dataset
 
-    model, config = load_model(args.checkpoint)
+    model, config = load_checkpoint_model(args.checkpoint)
     check_int("--num", args.num, minimum=1)
     shape = (args.num, *config["data"]["shape"])
     options = parse_options(args.option)
@@ -80,7 +79,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_samplers)
 
     p = sub.add_parser("sample", help="generate samples from a checkpoint")
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint folder")
+    add_checkpoint_argument(p)
     p.add_argument("--sampler", default="ddim", help="a name from `sdediff samplers`")
     p.add_argument("--steps", type=int, help="steps (default per sampler)")
     p.add_argument("--num", type=int, default=64, help="number of samples")
