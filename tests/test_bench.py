@@ -116,7 +116,7 @@ def test_cli_bench_writes_outputs(capsys, tmp_path):
      r"unknown sampler 'nope'; allowed: ddim, .*diffusers:ddim.*, all, sdediff, peers$"),
     (["--problem", "gmm2d", "--nfe", "10,x"], r"--nfe must be a comma-separated list"),
     (["--problem", "gmm2d", "--nfe", "0"], r"--nfe must be positive"),
-    (["--problem", "digits"], r"problem 'digits' needs --checkpoint"),
+    (["--problem", "digits", "--checkpoint", "/no/such/run"], r"no checkpoint .*/no/such/run"),
     (["--problem", "gmm2d", "--num", "1"], r"--num must be >= 2"),
 ])
 def test_cli_bench_errors_are_one_line(capsys, tmp_path, argv, pattern):
