@@ -16,14 +16,7 @@ ALL_PROCESSES = PROCESSES + [sd.SubVPSDE()]
 T_END = 1e-3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These batches are tiny: with two threads on a busy machine torch's intra-op sync costs
-    60x the work (measured: 6.4 s against 0.1 s for one adaptive run), so use one, then restore."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,7 @@ from sdediff import bench, problems
 from sdediff.cli import main
 from sdediff.metrics import frechet_distance
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The mixtures' tensors are tiny: one torch thread is much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def fails_with(capsys, argv, pattern):

@@ -6,7 +6,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from sdediff.cli import load_examples, main
 from tests.test_cli import fails_with
@@ -14,13 +13,7 @@ from tests.test_cli import fails_with
 FAST = ["--method", "rk4", "--steps", "4", "--no-progress"]   # 16 network calls
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny batches: two threads on a busy 2-core machine cost far more than the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

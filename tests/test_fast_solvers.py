@@ -53,14 +53,7 @@ TOLERANCE = {("unipc", 3): (-0.3, 0.7)}
 DTYPES = [torch.float64, torch.float32]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny (16 x 2): with other jobs on the machine, torch's intra-op threads
-    spin-wait and make each call ~30x slower, so this module runs single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -20,15 +20,7 @@ from sdediff.nets import (
 )
 from sdediff.nets.unet import AttentionBlock
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These nets are tiny: a second intra-op thread only adds synchronisation, and on a loaded
-    # 2-core machine an OpenMP barrier waiting for a descheduled thread costs ~20 ms per conv.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def small_unet(**kwargs) -> UNet:

@@ -31,15 +31,7 @@ def relative_error(a, b):
     return (a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small batches: on a busy 2-core machine torch's intra-op sync between two threads costs
-    20-80x the work (measured: 39 s against 0.5 s for the Hutchinson test), so use one, then
-    restore."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

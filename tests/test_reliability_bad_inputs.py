@@ -27,14 +27,7 @@ ALLOWED_SAMPLERS = re.escape(", ".join(sd.samplers.available()))
 ALLOWED_DATA = r"allowed: swissroll, moons, 8gaussians, checkerboard, gmm, digits, or a path"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP start-up and spinning costs on a shared machine
-    (20x here); results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

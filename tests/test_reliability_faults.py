@@ -79,14 +79,9 @@ PER_STEP = {"backward": 1, "update": 1}
 PER_CHECKPOINT = {"files": 4, "rename": 1, "latest": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread (as in the children) avoids OpenMP spinning on a shared machine;
-    the uninterrupted reference must also run with the children's thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One thread (tests/conftest.py), as in the children: the uninterrupted reference must run with
+# the children's thread count.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def child_env():

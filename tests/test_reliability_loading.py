@@ -29,15 +29,7 @@ from sdediff.checkpoint import (
 from sdediff.cli import main
 from sdediff.nets import MLP, build_net
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP start-up and spinning costs on a shared machine
-    (20x here); results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 class Payload:

@@ -29,14 +29,7 @@ T_ENDS = [1e-5, 1e-4, 1e-3, 1e-2]
 STEPS = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP start-up and spinning costs on a shared machine
-    (20x here); results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def extreme_latents(dtype) -> torch.Tensor:
