@@ -28,11 +28,9 @@ from pathlib import Path
 
 import torch
 
-import sdediff as sd
-from sdediff.bench import steps_within
+from sdediff.bench import digits_by_budget
 from sdediff.checkpoint import load_model
 from sdediff.data import load_digits
-from sdediff.digit_features import digits_frechet
 from sdediff.ode import bits_per_dim, dequantize, log_likelihood
 from sdediff.plotting import plot_image_panels
 from sdediff.pretrained import default_checkpoint
@@ -56,25 +54,17 @@ def main() -> None:
     checkpoint = args.checkpoint or default_checkpoint()
     model, config = load_model(checkpoint)
     data = load_digits()
-    low, high = data.data_range
     x_T = model.sde.prior_sample((args.num, *data.shape), generator=torch.Generator().manual_seed(0))
     rows, panels = [], {}
-    for name in SAMPLERS:
-        sampler = sd.samplers.get(name)
-        for budget in NFES:
-            fit = steps_within(sampler, budget, model.sde, 1e-3, reserve=1)
-            if fit is None:
-                continue
-            r = sd.sample(model, x_T=x_T, sampler=name, steps=fit[0],
-                          generator=torch.Generator().manual_seed(1), return_info=True)
-            q = digits_frechet(r.x.clamp(low, high))
-            rows.append({"sampler": name, "budget": budget, "steps": fit[0], "nfe": r.nfe,
-                         "frechet": q.frechet, "floor": q.floor, "ratio": q.ratio,
-                         "classes": q.classes, "seconds_per_sample": r.seconds / args.num})
-            panels[f"{name}, {r.nfe} NFE: FD {q.frechet:.1f}"] = r.x[:36].clamp(low, high)
-            print(f"{name:<15} NFE {r.nfe:>3}  Fréchet {q.frechet:7.2f}  floor {q.floor:.2f}  "
-                  f"ratio {q.ratio:5.2f}  classes {min(q.classes):.3f}..{max(q.classes):.3f}  "
-                  f"{r.seconds:.1f} s")
+    for run in digits_by_budget(model, x_T, SAMPLERS, NFES):
+        r, q = run.result, run.quality
+        rows.append({"sampler": run.sampler, "budget": run.budget, "steps": run.steps,
+                     "nfe": r.nfe, "frechet": q.frechet, "floor": q.floor, "ratio": q.ratio,
+                     "classes": q.classes, "seconds_per_sample": r.seconds / args.num})
+        panels[f"{run.sampler}, {r.nfe} NFE: FD {q.frechet:.1f}"] = run.x[:36]
+        print(f"{run.sampler:<15} NFE {r.nfe:>3}  Fréchet {q.frechet:7.2f}  floor {q.floor:.2f}  "
+              f"ratio {q.ratio:5.2f}  classes {min(q.classes):.3f}..{max(q.classes):.3f}  "
+              f"{r.seconds:.1f} s")
     plot_image_panels(panels, out / "digits_samplers.png", ncols=len(NFES), nrow=6)
 
     g = torch.Generator().manual_seed(0)

@@ -428,6 +428,38 @@ def _sweep_digits(tasks, num, seed, checkpoint, bar, notes) -> tuple[list[dict],
     return rows, grids
 
 
+@dataclass
+class DigitsRun:
+    """One sampler at one NFE budget on a digits model: ``x`` are the samples clamped to the
+    digits' range ``[-1, 1]``, ``quality`` their :class:`~sdediff.digit_features.DigitsQuality`."""
+
+    sampler: str
+    budget: int
+    steps: int
+    result: registry.SampleResult
+    x: torch.Tensor
+    quality: object
+
+
+def digits_by_budget(model, x_T: torch.Tensor, samplers: Sequence[str], budgets: Sequence[int],
+                     seed: int = 1):
+    """Yield a :class:`DigitsRun` for each sampler at each budget, all from the same ``x_T``: the
+    most steps whose NFE, the final denoise included, fits the budget (:func:`steps_within`);
+    budgets no step count fits are left out. The samplers' noise is seeded with ``seed``."""
+    from .digit_features import digits_frechet
+
+    for name in samplers:
+        sampler = registry.get(name)
+        for budget in budgets:
+            fit = steps_within(sampler, budget, model.sde, T_END, reserve=1)
+            if fit is None:
+                continue
+            r = registry.sample(model, x_T=x_T, sampler=name, steps=fit[0],
+                                generator=torch.Generator().manual_seed(seed), return_info=True)
+            x = r.x.clamp(-1, 1)
+            yield DigitsRun(name, budget, fit[0], r, x, digits_frechet(x))
+
+
 def run_bench(problem: str, samplers: str | Sequence[str] = "all",
               nfe: str | Sequence[int] | None = None,
               tolerances: str | Sequence[float] = TOLERANCES, num: int | None = None,

@@ -29,14 +29,15 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmark samplers by NFE budget (CSV, JSON, Markdown, "
                        "plots)")
     p.add_argument("--problem", required=True, help="gmm2d, gmm64 (exact mixtures) or digits "
-                   "(needs --checkpoint)")
+                   "(a digits model: --checkpoint, default the bundled one)")
     p.add_argument("--samplers", default="all", help="all, sdediff, peers (the diffusers "
                    "schedulers) or comma-separated names (default all; digits: a small set)")
     p.add_argument("--nfe", help="comma-separated NFE budgets (default 5,10,20,50,100,200,1000; "
                    "digits: 10,20,50)")
     p.add_argument("--tols", default="1e-2,1e-3,1e-4", help="rtol = atol of the adaptive "
                    "samplers (ode, dpm_adaptive)")
-    p.add_argument("--checkpoint", help="run directory or checkpoint folder (problem digits)")
+    p.add_argument("--checkpoint", help="run directory or checkpoint folder (problem digits; "
+                   "default: the bundled digits model)")
     p.add_argument("--out", default="bench", help="output folder (default ./bench)")
     p.add_argument("--num", type=int, help="samples per run (default 2000; digits 500)")
     p.add_argument("--seed", type=int, default=0)

@@ -92,10 +92,8 @@ def images_demo(args, out: Path, report: list[str]) -> None:
     """The bundled digits model: samplers at 10 and 50 NFE, round trip, interpolation, bits/dim."""
     import torch
 
-    from .. import samplers
-    from ..bench import steps_within
+    from ..bench import digits_by_budget
     from ..data import load_digits
-    from ..digit_features import digits_frechet
     from ..ode import bits_per_dim, decode, dequantize, encode, interpolate, log_likelihood
     from ..plotting import plot_image_panels, plot_image_rows
     from .common import load_checkpoint_model
@@ -106,24 +104,16 @@ def images_demo(args, out: Path, report: list[str]) -> None:
     low, high = data.data_range
     x_T = sde.prior_sample((IMAGE_NUM, *shape), generator=torch.Generator().manual_seed(0))
     rows, panels = [], {}
-    for name in IMAGE_SAMPLERS:
-        sampler = samplers.get(name)
-        for budget in IMAGE_NFE:
-            fit = steps_within(sampler, budget, sde, 1e-3, reserve=1)   # 1: the final denoise
-            if fit is None:
-                continue
-            r = samplers.sample(model, x_T=x_T, sampler=name, steps=fit[0],
-                                generator=torch.Generator().manual_seed(1), return_info=True)
-            x = r.x.clamp(low, high)
-            q = digits_frechet(x)
-            rows.append({"sampler": name, "steps": fit[0], "nfe": r.nfe,
-                         "seconds": f"{r.seconds:.2f}", "frechet": f"{q.frechet:.2f}",
-                         "floor": f"{q.floor:.2f}", "ratio": f"{q.ratio:.2f}",
-                         "smallest_class": f"{min(q.classes):.3f}",
-                         "largest_class": f"{max(q.classes):.3f}"})
-            panels[f"{name}, {r.nfe} NFE: FD {q.frechet:.1f} (floor {q.floor:.1f})"] = x[:36]
-            print(f"  {name:<14} NFE {r.nfe:>3}  {r.seconds:5.2f} s  Fréchet {q.frechet:6.2f} "
-                  f"(floor {q.floor:.2f}, ratio {q.ratio:.2f})")
+    for run in digits_by_budget(model, x_T, IMAGE_SAMPLERS, IMAGE_NFE):
+        name, r, x, q = run.sampler, run.result, run.x, run.quality
+        rows.append({"sampler": name, "steps": run.steps, "nfe": r.nfe,
+                     "seconds": f"{r.seconds:.2f}", "frechet": f"{q.frechet:.2f}",
+                     "floor": f"{q.floor:.2f}", "ratio": f"{q.ratio:.2f}",
+                     "smallest_class": f"{min(q.classes):.3f}",
+                     "largest_class": f"{max(q.classes):.3f}"})
+        panels[f"{name}, {r.nfe} NFE: FD {q.frechet:.1f} (floor {q.floor:.1f})"] = x[:36]
+        print(f"  {name:<14} NFE {r.nfe:>3}  {r.seconds:5.2f} s  Fréchet {q.frechet:6.2f} "
+              f"(floor {q.floor:.2f}, ratio {q.ratio:.2f})")
     plot_image_panels(panels, out / "digits_samplers.png", ncols=len(IMAGE_NFE), nrow=6,
                       data_range=(low, high))
     samples_table = format_table(rows, list(rows[0]))
