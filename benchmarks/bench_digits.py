@@ -5,8 +5,8 @@
 
 For each sampler at 10 and 50 NFE (counted network calls, the final denoise included), from the
 same ``--num`` prior draws: the Fréchet distance to the held-out digits in the features of the
-shipped digit classifier (:mod:`sdediff.digit_features`), with the real-vs-real floor (as many
-training digits against the held-out split) and the predicted class histogram. Then held-out
+shipped digit classifier (:mod:`sdediff.bench.digit_features`), with the real-vs-real floor (as
+many training digits against the held-out split) and the predicted class histogram. Then held-out
 bits/dim: the probability-flow ODE likelihood (dopri5, rtol = atol = 1e-5, t_min = 1e-5,
 Hutchinson divergence, one Rademacher probe) of every held-out digit, uniformly dequantized over
 the 17 grey levels (bin width 2/17, so the offset is log2(8.5) = 3.087 bits; a uniform density over

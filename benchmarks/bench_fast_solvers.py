@@ -1,7 +1,8 @@
 """Issue 4's target table: fast deterministic solvers at 10 and 20 network calls, and the adaptive
 solver's calls to reach an error of 1e-3, on two exact Gaussian mixtures.
 
-Problems (VP linear process, defined here, independent of the tests):
+Problems (VP linear process; :mod:`sdediff.bench.problems`, shared with the tests and
+``sdediff bench``):
 
 - ``gmm2d``: 8 components on the ring of radius 1.5, std 0.15, weights ``linspace(1, 2)``;
 - ``gmm64``: 64-D, 10 components with means uniform in ``[-1.5, 1.5]^64`` (seed 1), std 0.15,
@@ -9,9 +10,12 @@ Problems (VP linear process, defined here, independent of the tests):
 
 Every solver starts from the same ``x_T`` (256 prior draws, seed 0, float64) and runs to
 ``t_end = 1e-3`` with ``denoise=False``. The error is the RMS distance per sample,
-``sqrt(mean_b ||x_b - x*_b||^2)``, to the exact probability-flow endpoint ``x*`` computed here with
-scipy (``solve_ivp`` DOP853, rtol = atol = 1e-10, in ``y = x/alpha``, ``s = sigma/alpha`` where
-``dy/ds = eps(alpha y, t(s))``). NFE is counted by the ``ScoreModel``.
+``sqrt(mean_b ||x_b - x*_b||^2)`` (:func:`sdediff.bench.metrics.rms`), to the exact
+probability-flow endpoint ``x*`` by scipy (:func:`sdediff.bench.problems.exact_pf_endpoint`:
+``solve_ivp`` DOP853, rtol = atol = 1e-10, in ``y = x/alpha``, ``s = sigma/alpha`` where
+``dy/ds = eps_s(y)``). NFE is counted by the ``ScoreModel``; a budget's step count is
+:meth:`Sampler.steps_within <sdediff.samplers.base.Sampler.steps_within>` (the most steps whose
+exact cost fits).
 
 - **Baseline**: the best error of ``dpm_solver++`` orders 2 and 3 (sdediff's exact third order and
   the reference code's 3M, ``reference_3m=True``) on the ``uniform``, ``logsnr`` and ``karras``
@@ -36,16 +40,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from pathlib import Path
 
 import torch
-from scipy.integrate import solve_ivp
 
 import sdediff as sd
-from sdediff.samplers.fitted import fit_grid, steps_for_nfe
+from sdediff.bench.metrics import rms
+from sdediff.bench.problems import PROBLEMS, exact_pf_endpoint
+from sdediff.samplers.fitted import fit_grid
 
 RESULTS = Path(__file__).resolve().parent / "results"
 T_END, BATCH, EVAL_SEED, PILOT_SEED = 1e-3, 256, 0, 1234
@@ -83,59 +87,8 @@ TOLERANCES = [10 ** (-k / 8) for k in range(8, 64)]
 PILOT_REFERENCE_TOL = 1e-7
 
 
-def gmm2d() -> sd.GaussianMixture:
-    angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
-    means = 1.5 * torch.stack([angles.cos(), angles.sin()], dim=1)
-    return sd.GaussianMixture(means, 0.15, torch.linspace(1.0, 2.0, 8, dtype=torch.float64))
-
-
-def gmm64() -> sd.GaussianMixture:
-    g = torch.Generator().manual_seed(1)
-    means = 3 * torch.rand(10, 64, generator=g, dtype=torch.float64) - 1.5
-    return sd.GaussianMixture(means, 0.15, torch.linspace(1.0, 2.0, 10, dtype=torch.float64))
-
-
-PROBLEMS = {"gmm2d": gmm2d, "gmm64": gmm64}
-
-
-def exact_endpoint(gmm, sde, x_T: torch.Tensor, t_end: float) -> torch.Tensor:
-    """The probability-flow endpoint by scipy DOP853 in ``y = x/alpha``, ``s = sigma/alpha``:
-    ``dy/ds = eps(alpha y, t(s))`` with the mixture's exact ``eps = -sigma score``."""
-    def s_of(t):
-        return math.exp(-float(sde.log_snr(torch.tensor(t, dtype=torch.float64))))
-
-    def rhs(s, y):
-        t = sde.t_of_log_snr(torch.tensor(-math.log(s), dtype=torch.float64))
-        alpha, sigma = (float(v) for v in sde.alpha_sigma(t))
-        x = torch.from_numpy(alpha * y).reshape(x_T.shape)
-        return (-sigma * gmm.score(x, t, sde)).reshape(-1).numpy()
-
-    y_T = x_T.double().reshape(-1).numpy() / float(sde.alpha(sde.T))
-    sol = solve_ivp(rhs, (s_of(sde.T), s_of(t_end)), y_T, method="DOP853", rtol=1e-10,
-                    atol=1e-10)
-    if not sol.success:
-        raise RuntimeError(f"reference solve failed: {sol.message}")
-    return torch.from_numpy(float(sde.alpha(t_end)) * sol.y[:, -1]).reshape(x_T.shape)
-
-
-def rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    diff = (a.double() - b.double()).reshape(a.shape[0], -1)
-    return float(diff.pow(2).sum(1).mean().sqrt())
-
-
 def label(name: str, options: dict) -> str:
     return name + "".join(f" {k}={v}" for k, v in options.items())
-
-
-def budget_steps(name: str, options: dict, nfe: int) -> tuple[int, int]:
-    """(steps, nfe) for the budget: exact when possible, else the largest count below it."""
-    sampler = sd.samplers.get(name, **options)
-    for budget in range(nfe, 0, -1):
-        try:
-            return steps_for_nfe(sampler, budget), budget
-        except ValueError:
-            continue
-    raise ValueError(f"{name} cannot run within {nfe} calls")
 
 
 def run_fixed(model, x_T, name, options, steps, schedule) -> tuple[torch.Tensor, int]:
@@ -166,7 +119,7 @@ def bench_problem(key: str, iterations: int, fitted_configs) -> dict:
     pilot = sde.prior_sample((PILOT[key], dim), generator=torch.Generator().manual_seed(PILOT_SEED),
                              dtype=torch.float64)
     start = time.perf_counter()
-    reference = exact_endpoint(gmm, sde, x_T, T_END)
+    reference = exact_pf_endpoint(gmm, sde, x_T, T_END)
     print(f"[{key}] exact reference: {time.perf_counter() - start:.1f} s", flush=True)
     before = model.nfe
     pilot_reference = sd.sample(model, x_T=pilot, sampler="ode", rtol=PILOT_REFERENCE_TOL,
@@ -176,7 +129,8 @@ def bench_problem(key: str, iterations: int, fitted_configs) -> dict:
     rows = []
     for nfe in NFES:
         for name, options in CONFIGS:
-            steps, used = budget_steps(name, options, nfe)
+            # every configuration fits both budgets (Heun's 2N - 1 at 9 and 19 calls)
+            steps, used = sd.samplers.get(name, **options).steps_within(nfe, sde, T_END)
             for grid in NAMED_GRIDS:
                 x, counted = run_fixed(model, x_T, name, options, steps, grid)
                 assert counted == used, (name, grid, counted, used)
@@ -186,7 +140,7 @@ def bench_problem(key: str, iterations: int, fitted_configs) -> dict:
                              "error": rms(x, reference),
                              "pilot_error": rms(x_pilot, pilot_reference), "pilot_nfe": 0})
         for name, options in fitted_configs:
-            steps, used = budget_steps(name, options, nfe)
+            steps, used = sd.samplers.get(name, **options).steps_within(nfe, sde, T_END)
             start = time.perf_counter()
             fitted = fit_grid(model, name, used, pilot=pilot, t_end=T_END,
                               iterations=iterations, **options)

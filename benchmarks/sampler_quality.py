@@ -1,51 +1,40 @@
-"""Every registered sampler on the exact 2-D ring mixture (8 components, std 0.15, VP linear).
+"""Every registered sampler on the exact 2-D ring mixture (8 components on the ring of radius 1.5,
+std 0.15, VP linear; equal weights, unlike ``gmm2d``'s ``linspace(1, 2)``).
 
 - stochastic samplers: energy distance of 2000 samples (``denoise=False``) to 2000 exact mixture
   samples, divided by the two-sample floor (two exact sets of that size, mean of 5 seeds);
 - deterministic samplers: RMS error to the exact probability-flow endpoint (scipy DOP853 in
-  ``y = x/alpha``, ``s = sigma/alpha``) at 20/40/80/160 steps and the fitted log-log slope, the
-  observed order (``ode`` with its default adaptive dopri5 is reported at rtol = atol = 1e-7).
+  ``y = x/alpha``, ``s = sigma/alpha``: :func:`sdediff.bench.problems.exact_pf_endpoint`) at
+  20/40/80/160 steps and the fitted log-log slope, the observed order (``ode`` with its default
+  adaptive dopri5 is reported at rtol = atol = 1e-7).
 
     python benchmarks/sampler_quality.py     # prints the table, writes results/sampler_quality.md
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import sdediff as sd
-from sdediff.metrics import energy_distance, two_sample_floor
-from sdediff.problems import exact_pf_endpoint
+from sdediff.bench.metrics import energy_distance, rms, two_sample_floor
+from sdediff.bench.problems import STD, exact_pf_endpoint, ring_means
 
 N_SAMPLES, STOCHASTIC_STEPS, ORDER_STEPS = 2000, 200, [20, 40, 80, 160]
 
 
-def ring(components=8, std=0.15):
-    angles = torch.arange(components, dtype=torch.float64) * (2 * math.pi / components)
-    return sd.GaussianMixture(1.5 * torch.stack([angles.cos(), angles.sin()], 1), std)
-
-
-#: The exact probability-flow endpoint (scipy DOP853 in y = x/alpha, s = sigma/alpha).
-pf_endpoint = exact_pf_endpoint
-
-
-def rms(a, b):
-    return float((a - b).pow(2).sum(1).mean().sqrt())
-
-
 def main():
-    sde, gmm = sd.VPSDE(), ring()
+    # gmm2d's means and std with equal weights: this table's problem since it was first written
+    sde, gmm = sd.VPSDE(), sd.GaussianMixture(ring_means(8), STD)
     model = gmm.score_model(sde)
     rows = []
     floor = two_sample_floor(lambda n, g: gmm.sample(n, generator=g), N_SAMPLES)
     exact = gmm.sample(N_SAMPLES, generator=torch.Generator().manual_seed(99))
     x_small = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0),
                                dtype=torch.float64)
-    reference = pf_endpoint(gmm, sde, x_small, 1e-3)
+    reference = exact_pf_endpoint(gmm, sde, x_small, 1e-3)
     for name in sd.samplers.available():
         sampler = sd.samplers.get(name)
         if sampler.is_stochastic():

@@ -6,12 +6,13 @@ probability-flow ODE, denoising score matching and training.
 """
 
 from . import samplers
+from .checkpoint import load_model
 from .checks import NumericalError
 from .losses import dsm_loss
 from .ode import bits_per_dim, decode, encode, interpolate, log_likelihood
 from .samplers import sample
 from .score import PREDICTIONS, GaussianMixture, ScoreModel, convert_prediction
-from .sde import SDES, VESDE, VPSDE, DDPMChain, ForwardProcess, SubVPSDE, sde_from_config
+from .sde import VESDE, VPSDE, DDPMChain, ForwardProcess, SubVPSDE
 from .train import TrainConfig, Trainer
 
 __version__ = "0.1.0"
@@ -22,7 +23,6 @@ __all__ = [
     "GaussianMixture",
     "NumericalError",
     "PREDICTIONS",
-    "SDES",
     "ScoreModel",
     "SubVPSDE",
     "TrainConfig",
@@ -35,8 +35,8 @@ __all__ = [
     "dsm_loss",
     "encode",
     "interpolate",
+    "load_model",
     "log_likelihood",
     "sample",
     "samplers",
-    "sde_from_config",
 ]

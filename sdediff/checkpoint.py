@@ -42,6 +42,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .checks import InputValueError
 from .score import ScoreModel
 from .sde import sde_from_config
 
@@ -167,7 +168,7 @@ def resolve_checkpoint(path) -> Path:
     if latest.is_file():
         name = latest.read_text().strip()
         if not _FOLDER.fullmatch(name):  # never follow a path out of the run directory
-            raise ValueError(f"{str(latest)!r} names {name!r}; expected a folder name like "
+            raise InputValueError(f"{str(latest)!r} names {name!r}; expected a folder name like "
                              "'step-00001000' (the file is corrupt)")
         for folder in (latest.parent / name, latest.parent / f".old-{name}"):
             if (folder / CONFIG_FILE).is_file():
@@ -184,20 +185,20 @@ def read_config(folder: Path) -> dict:
     try:
         config = json.loads(file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"checkpoint config {str(file)!r} is not valid JSON ({err}); the file is "
+        raise InputValueError(f"checkpoint config {str(file)!r} is not valid JSON ({err}); the file is "
                          "truncated or corrupt") from err
     if not isinstance(config, dict):
-        raise ValueError(f"checkpoint config {str(file)!r} holds a {type(config).__name__}; "
+        raise InputValueError(f"checkpoint config {str(file)!r} holds a {type(config).__name__}; "
                          "expected a JSON object")
     version = config.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
+        raise InputValueError(
             f"checkpoint {str(folder)!r} has format version {version!r}; this sdediff reads "
             f"versions up to {FORMAT_VERSION} (upgrade sdediff)"
         )
     missing = [k for k in ("step", "net", "sde", "prediction") if k not in config]
     if missing:
-        raise ValueError(f"checkpoint config {str(file)!r} lacks {', '.join(missing)}; the file "
+        raise InputValueError(f"checkpoint config {str(file)!r} lacks {', '.join(missing)}; the file "
                          "is corrupt or not written by sdediff")
     return config
 
@@ -209,7 +210,7 @@ def _verify(file: Path, config: dict | None) -> None:
                                 "incomplete")
     expected = (config or {}).get("sha256", {}).get(file.name)
     if expected is not None and _sha256(file) != expected:
-        raise ValueError(f"checkpoint file {str(file)!r} does not match the SHA-256 recorded in "
+        raise InputValueError(f"checkpoint file {str(file)!r} does not match the SHA-256 recorded in "
                          f"its {CONFIG_FILE}; the file is truncated or corrupt")
 
 
@@ -223,7 +224,7 @@ def load_weights(module: torch.nn.Module, file: Path, config: dict | None = None
     try:
         state = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"cannot read {str(file)!r} as safetensors weights ({err}); the file is "
+        raise InputValueError(f"cannot read {str(file)!r} as safetensors weights ({err}); the file is "
                          "truncated, corrupt or not a safetensors file") from err
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
@@ -240,7 +241,7 @@ def load_weights(module: torch.nn.Module, file: Path, config: dict | None = None
             parts.append(f"{k} has shape {tuple(state[k].shape)}, the network needs "
                          f"{tuple(own[k].shape)}")
         name = getattr(module, "config", {}).get("name", type(module).__name__)
-        raise ValueError(f"weights in {str(file)!r} do not fit the network {name!r} described by "
+        raise InputValueError(f"weights in {str(file)!r} do not fit the network {name!r} described by "
                          f"the config: {'; '.join(parts)}")
     module.load_state_dict(state, strict=True)
 
@@ -253,13 +254,13 @@ def load_optimizer_state(file: Path, config: dict | None = None, map_location=No
     try:
         state = torch.load(file, weights_only=True, map_location=map_location)
     except pickle.UnpicklingError as err:
-        raise ValueError(f"refusing to load {str(file)!r}: it holds objects other than tensors "
+        raise InputValueError(f"refusing to load {str(file)!r}: it holds objects other than tensors "
                          "and plain containers, which weights_only loading never runs") from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ValueError(f"cannot read {str(file)!r} as an optimizer state ({err}); the file is "
+        raise InputValueError(f"cannot read {str(file)!r} as an optimizer state ({err}); the file is "
                          "truncated or corrupt") from err
     if not isinstance(state, dict) or not {"state", "param_groups"} <= set(state):
-        raise ValueError(f"{str(file)!r} holds no optimizer state dict (keys 'state' and "
+        raise InputValueError(f"{str(file)!r} holds no optimizer state dict (keys 'state' and "
                          "'param_groups')")
     return state
 

@@ -1,8 +1,10 @@
 """The validators that write every user-facing error message.
 
 Every public function of sdediff checks its arguments through these helpers, so each message has
-one wording: it names the bad value and what is allowed. ``ValueError`` is raised for a bad value,
-``TypeError`` for a bad type. The CLI turns both into one line on stderr and exit status 2.
+one wording: it names the bad value and what is allowed. :class:`InputValueError` (a ``ValueError``)
+is raised for a bad value, :class:`InputTypeError` (a ``TypeError``) for a bad type: both are
+:class:`InputError`, which the CLI turns into one line on stderr and exit status 2, while an
+exception no check raised (a bug) keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +14,21 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+
+
+class InputError(Exception):
+    """An error about what the caller passed in (a value, a type, a name, a file's content),
+    raised by the library's own checks with a message that names the bad value and what is
+    allowed. The CLI prints such errors as one line and exits 2; any other exception is a bug
+    and keeps its traceback."""
+
+
+class InputValueError(InputError, ValueError):
+    """A bad value (catch it as ``ValueError``)."""
+
+
+class InputTypeError(InputError, TypeError):
+    """A bad type (catch it as ``TypeError``)."""
 
 
 class NumericalError(RuntimeError):
@@ -26,7 +43,7 @@ def check_choice(what: str, value: Any, allowed: Iterable[str]) -> str:
     """Return ``value`` if it is one of ``allowed``; else raise naming both."""
     allowed = list(allowed)
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; allowed: {_listing(allowed)}")
+        raise InputValueError(f"unknown {what} {value!r}; allowed: {_listing(allowed)}")
     return value
 
 
@@ -36,19 +53,37 @@ def check_options(owner: str, given: Mapping[str, Any], allowed: Iterable[str]) 
     unknown = sorted(set(given) - set(allowed))
     if unknown:
         names = ", ".join(repr(u) for u in unknown)
-        raise ValueError(
+        raise InputValueError(
             f"unknown option {names} for {owner}; allowed: {_listing(allowed) or '(none)'}"
         )
+
+
+def check_bool(what: str, value: Any) -> bool:
+    """A flag that must be a real ``bool`` (``1`` or ``"yes"`` are refused, not guessed)."""
+    if not isinstance(value, bool):
+        raise InputTypeError(f"{what} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_score_model(model: Any):
+    """The one score interface: every sampler, encoder and likelihood takes a ``ScoreModel``."""
+    from .score import ScoreModel  # score.py imports this module
+
+    if not isinstance(model, ScoreModel):
+        raise InputTypeError(f"model must be a sdediff.ScoreModel, got {type(model).__name__}; wrap a "
+                        "network with ScoreModel(net, sde) or a function with "
+                        "ScoreModel.from_fn(score_fn, sde)")
+    return model
 
 
 def check_int(what: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
     """An integer (bools refused) within ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an integer, got {value!r} ({type(value).__name__})")
+        raise InputTypeError(f"{what} must be an integer, got {value!r} ({type(value).__name__})")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+        raise InputValueError(f"{what} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{what} must be <= {maximum}, got {value}")
+        raise InputValueError(f"{what} must be <= {maximum}, got {value}")
     return value
 
 
@@ -63,7 +98,7 @@ def check_float(
 ) -> float:
     """A finite real number in the interval given by ``low``/``high`` (open ends on request)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number, got {value!r} ({type(value).__name__})")
+        raise InputTypeError(f"{what} must be a number, got {value!r} ({type(value).__name__})")
     value = float(value)
     lo = "(" if low_open else "["
     hi = ")" if high_open else "]"
@@ -74,35 +109,35 @@ def check_float(
     if high is not None:
         bad = bad or value > high or (high_open and value == high)
     if bad:
-        raise ValueError(f"{what} must be in {interval}, got {value}")
+        raise InputValueError(f"{what} must be in {interval}, got {value}")
     return value
 
 
 def check_tensor(what: str, x: Any, *, floating: bool = True, finite: bool = True) -> torch.Tensor:
     """A (floating, finite) tensor."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+        raise InputTypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if floating and not x.is_floating_point():
-        raise TypeError(
+        raise InputTypeError(
             f"{what} must have a floating dtype (float32, float64, bfloat16, ...), got {x.dtype}"
         )
     if finite and floating and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{what} contains {bad} non-finite value(s) (NaN or inf); all must be finite")
+        raise InputValueError(f"{what} contains {bad} non-finite value(s) (NaN or inf); all must be finite")
     return x
 
 
 def check_shape(what: str, x: torch.Tensor, expected: tuple[int, ...]) -> torch.Tensor:
     """``x.shape == expected``, with both shapes in the message."""
     if tuple(x.shape) != tuple(expected):
-        raise ValueError(f"{what} has shape {tuple(x.shape)}, expected {tuple(expected)}")
+        raise InputValueError(f"{what} has shape {tuple(x.shape)}, expected {tuple(expected)}")
     return x
 
 
 def check_same_shape(what: str, got: torch.Tensor, reference: torch.Tensor, reference_name: str) -> None:
     """``got`` must have the shape and dtype of ``reference`` (the network-output probe)."""
     if got.shape != reference.shape:
-        raise ValueError(
+        raise InputValueError(
             f"{what} has shape {tuple(got.shape)} but {reference_name} has shape "
             f"{tuple(reference.shape)}; they must match"
         )
@@ -111,7 +146,7 @@ def check_same_shape(what: str, got: torch.Tensor, reference: torch.Tensor, refe
 def check_batch_times(t: torch.Tensor, batch: int) -> None:
     """Times given to a model: a scalar or one time per batch element."""
     if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, batch)):
-        raise ValueError(
+        raise InputValueError(
             f"t has shape {tuple(t.shape)}; expected a scalar or shape ({batch},) for a batch of {batch}"
         )
 
@@ -127,8 +162,8 @@ def check_batch(what: str, x: Any) -> torch.Tensor:
     """A floating, finite batch ``(B, ...)`` with at least one example."""
     check_tensor(what, x)
     if x.dim() < 2:
-        raise ValueError(f"{what} must have shape (batch, ...), got {tuple(x.shape)}; add a batch "
+        raise InputValueError(f"{what} must have shape (batch, ...), got {tuple(x.shape)}; add a batch "
                          f"dimension (e.g. {what}[None])")
     if x.shape[0] == 0 or x[0].numel() == 0:
-        raise ValueError(f"{what} is empty (shape {tuple(x.shape)}); give at least one example")
+        raise InputValueError(f"{what} is empty (shape {tuple(x.shape)}); give at least one example")
     return x

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checks import check_choice, check_int, check_tensor
+from .checks import InputTypeError, InputValueError, check_choice, check_int, check_tensor
 from .score import GaussianMixture
 
 TOY_DATASETS = ("swissroll", "moons", "8gaussians", "checkerboard", "gmm")
@@ -92,11 +92,11 @@ class Dataset:
         check_tensor("train", self.train)
         check_tensor("test", self.test)
         if self.train.shape[1:] != self.test.shape[1:]:
-            raise ValueError(f"train examples have shape {tuple(self.train.shape[1:])} but test "
+            raise InputValueError(f"train examples have shape {tuple(self.train.shape[1:])} but test "
                              f"examples {tuple(self.test.shape[1:])}; they must match")
         wanted = {"points": "(D,)", "images": "(C, H, W)"}[self.kind]
         if len(self.shape) != (1 if self.kind == "points" else 3):
-            raise ValueError(f"{self.kind!r} data need examples of shape {wanted}, "
+            raise InputValueError(f"{self.kind!r} data need examples of shape {wanted}, "
                              f"got {self.shape}")
         if self.n_levels is not None:
             check_int("n_levels", self.n_levels, minimum=2)
@@ -141,13 +141,16 @@ _GMM_SPREAD = 4 * sum(w * s**2 for w, s in zip(_GMM_WEIGHTS, _GMM_STDS, strict=T
 _GMM_RADIUS = math.sqrt(2 * (1 - _GMM_SPREAD))
 
 
-def _ring(n_components: int, radius: float, dtype=torch.float32) -> torch.Tensor:
+def ring_means(n_components: int, radius: float, dtype=torch.float32) -> torch.Tensor:
+    """``(n_components, 2)`` points evenly spaced on the circle of ``radius``, the first at angle
+    0: ``radius (cos 2 pi k/K, sin 2 pi k/K)``, computed in float64 (the toy sets' and the
+    benchmark mixtures' ring of means)."""
     angle = torch.arange(n_components, dtype=torch.float64) * (2 * math.pi / n_components)
     return (radius * torch.stack([angle.cos(), angle.sin()], 1)).to(dtype)
 
 
 def _gmm_parameters(dtype):
-    means = _ring(8, _GMM_RADIUS, dtype)
+    means = ring_means(8, _GMM_RADIUS, dtype)
     stds = torch.tensor(_GMM_STDS * 4, dtype=dtype)
     weights = torch.tensor(_GMM_WEIGHTS * 4, dtype=dtype)
     return means, stds, weights
@@ -174,7 +177,7 @@ def _moons(n, g):
 
 
 def _8gaussians(n, g):
-    centre = _ring(8, _8GAUSS_RADIUS)[torch.randint(8, (n,), generator=g)]
+    centre = ring_means(8, _8GAUSS_RADIUS)[torch.randint(8, (n,), generator=g)]
     return centre + _8GAUSS_STD * torch.randn(n, 2, generator=g)
 
 
@@ -241,7 +244,7 @@ def _from_array(name: str, x: np.ndarray, what: str) -> Dataset:
         data = check_tensor(what, torch.from_numpy(np.asarray(x, dtype=np.float32)))
         data_range, n_levels = (float(data.min()), float(data.max())), None
     else:
-        raise TypeError(f"{what} has dtype {x.dtype}; allowed: uint8 (scaled from [0, 255] to "
+        raise InputTypeError(f"{what} has dtype {x.dtype}; allowed: uint8 (scaled from [0, 255] to "
                         "[-1, 1]) or a floating dtype (used as given)")
     if data.dim() == 3:
         data = data[:, None]
@@ -259,9 +262,9 @@ def load_npy(path: str | Path) -> Dataset:
     try:
         x = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {str(path)!r} as a .npy array: {err}") from err
+        raise InputValueError(f"cannot read {str(path)!r} as a .npy array: {err}") from err
     if x.ndim not in (2, 3, 4) or 0 in x.shape[1:]:
-        raise ValueError(f"{what} has shape {x.shape}; allowed: (N, D) points, or (N, H, W), "
+        raise InputValueError(f"{what} has shape {x.shape}; allowed: (N, D) points, or (N, H, W), "
                          "(N, C, H, W) or (N, H, W, C) images")
     return _from_array(str(path), x, what)
 
@@ -274,12 +277,12 @@ def _read_image(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                raise ValueError(f"image {str(path)!r} has mode {image.mode!r} (16-bit or float); "
+                raise InputValueError(f"image {str(path)!r} has mode {image.mode!r} (16-bit or float); "
                                  "allowed: 8-bit grayscale or colour images")
             gray = image.mode in ("1", "L", "LA")
             pixels = np.asarray(image.convert("L" if gray else "RGB"), dtype=np.uint8)
     except (OSError, SyntaxError) as err:  # PIL reports broken files with either
-        raise ValueError(f"cannot read image {str(path)!r} ({err}); allowed: 8-bit grayscale or "
+        raise InputValueError(f"cannot read image {str(path)!r} ({err}); allowed: 8-bit grayscale or "
                          "colour .png/.jpg/.jpeg files") from err
     return pixels[None] if gray else pixels.transpose(2, 0, 1)
 
@@ -289,14 +292,14 @@ def load_image_folder(folder: str | Path) -> Dataset:
     files = sorted(p for p in Path(folder).iterdir()
                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"no .png/.jpg/.jpeg found in {str(folder)!r}")
+        raise InputValueError(f"no .png/.jpg/.jpeg found in {str(folder)!r}")
     images = [_read_image(files[0])]
     for path in files[1:]:
         images.append(_read_image(path))
         if images[-1].shape != images[0].shape:
             size = "x".join(map(str, images[-1].shape))
             first = "x".join(map(str, images[0].shape))
-            raise ValueError(f"image {path.name!r} in {str(folder)!r} is {size} (C x H x W) but "
+            raise InputValueError(f"image {path.name!r} in {str(folder)!r} is {size} (C x H x W) but "
                              f"{files[0].name!r} is {first}; all images must have the same size "
                              "and channels")
     return _from_array(str(folder), np.stack(images), f"image folder {str(folder)!r}")
@@ -329,17 +332,17 @@ def load_dataset(name_or_path: str, n: int | None = None, seed: int = 0) -> Data
 
 def _load_path(name_or_path: str) -> Dataset:
     if not isinstance(name_or_path, (str, Path)):
-        raise TypeError(f"data set must be a name or a path, got {type(name_or_path).__name__}")
+        raise InputTypeError(f"data set must be a name or a path, got {type(name_or_path).__name__}")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return load_image_folder(name_or_path)
     if path.is_file():
         if path.suffix.lower() != ".npy":
-            raise ValueError(f"unsupported data file {str(name_or_path)!r}; allowed: "
+            raise InputValueError(f"unsupported data file {str(name_or_path)!r}; allowed: "
                              "a .npy file or a folder of .png/.jpg/.jpeg images")
         return load_npy(name_or_path)
     if path.suffix or len(path.parts) > 1:  # meant as a path
-        raise ValueError(f"data path {str(name_or_path)!r} does not exist; allowed: "
+        raise InputValueError(f"data path {str(name_or_path)!r} does not exist; allowed: "
                          f"{', '.join(DATASETS)}, {_PATH_HINT}")
     # Toy names and "digits" were taken before and _PATH_HINT has a suffix: this always raises.
     check_choice("data set", name_or_path, (*DATASETS, _PATH_HINT))

@@ -37,12 +37,16 @@ and latents at ``T``.
   digits: width ``2/17``, offset ``log2(8.5) = +3.087``. ``docs/encoding.md`` derives both.
 - :func:`interpolate`: spherical interpolation between two latents, decoded.
 
-Solvers: ``sampler="ode"`` (default) runs torchdiffeq with any of the ``ode`` sampler's methods and
-options (``method``, ``rtol``, ``atol``, ``schedule`` for fixed-step methods; validated by that
-sampler), optionally through ``torchdiffeq.odeint_adjoint`` (``adjoint=True``: differentiable with
-respect to the input and the network's parameters at memory constant in the number of steps).
-Encoding and decoding can also run through a fast fixed-step solver from
-:data:`REVERSIBLE_SAMPLERS` (in reverse direction for encoding: the sampler's own grid, flipped).
+Solvers: every solve here is a sampler's :meth:`~sdediff.samplers.base.Sampler.solve` (or, for
+the likelihood's augmented system, the ``ode`` sampler's ``solve_augmented``) on the sampler's
+own grid from ``T`` to ``t_min``, flipped to encode. ``sampler="ode"`` (default) runs torchdiffeq
+with any of the ``ode`` sampler's methods and options (``method``, ``rtol``, ``atol``,
+``schedule`` for fixed-step methods; validated by that sampler), optionally through
+``torchdiffeq.odeint_adjoint`` (``adjoint=True``: differentiable with respect to the input and
+the network's parameters at memory constant in the number of steps). Encoding and decoding can
+also run through any deterministic sampler that declares itself ``reversible``
+(:func:`sdediff.samplers.reversible`). ``steps`` follows the samplers' one rule: an adaptive
+method refuses it.
 
 NFE counts network calls (one batched call = 1); vector-Jacobian products are reported apart. Like
 the samplers, everything here runs without gradients unless ``adjoint=True``; never wrap a model
@@ -52,24 +56,22 @@ in DDP for these solves (adaptive steps differ per batch, ranks would hang).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
-from torchdiffeq import odeint, odeint_adjoint
-from tqdm.auto import tqdm
 
 from . import samplers
 from .checks import (
+    InputValueError,
     NumericalError,
     check_batch,
     check_choice,
     check_float,
     check_int,
     check_same_shape,
+    check_score_model,
 )
 from .samplers.base import SampleResult
-from .samplers.ode import ADAMS, ADAMS_MAX_ORDER, METHODS
 from .score import ScoreModel
 
 #: Song et al.'s likelihood and encoding end time (paper appendix D.2; score_sde ``eps=1e-5``).
@@ -79,11 +81,6 @@ PROBE_NOISES = ("rademacher", "gaussian")
 #: Unit vectors per batched vector-Jacobian product of the exact divergence (bounds its memory
 #: to ``EXACT_CHUNK`` copies of the batch).
 EXACT_CHUNK = 64
-#: Fixed-step samplers whose update rule is written for either direction of time, so that
-#: encoding runs them on their own grid flipped (``t_min -> T``). Each is tested in
-#: ``tests/test_ode.py`` (round-trip error falls with steps). Others are refused: ``heun`` caps
-#: its churned noise level at the grid's first one, which reversed is the smallest.
-REVERSIBLE_SAMPLERS = ("ode", "ddim", "dpm_solver++", "unipc", "ipndm")
 
 
 # ----------------------------------------------------------------------------------- results
@@ -143,7 +140,7 @@ def bits_per_dim(nll, D: int, n_bits: int | None = None, data_range=(-1.0, 1.0),
     if n_bits is not None:
         check_int("n_bits", n_bits, minimum=1, maximum=32)
         if n_levels is not None and n_levels != 2**n_bits:
-            raise ValueError(f"n_bits={n_bits} and n_levels={n_levels} disagree; give one of them")
+            raise InputValueError(f"n_bits={n_bits} and n_levels={n_levels} disagree; give one of them")
     levels = n_levels if n_levels is not None else 2 ** (8 if n_bits is None else n_bits)
     return nll / (D * math.log(2)) + dequantization_offset(levels, data_range)
 
@@ -163,7 +160,7 @@ def dequantize(x: torch.Tensor, n_levels: int, data_range=(-1.0, 1.0),
     k = torch.round((x.double() - low) / spacing)
     off = float((x.double() - (low + k * spacing)).abs().max())
     if off > 1e-3 * spacing or float(k.min()) < 0 or float(k.max()) > n_levels - 1:
-        raise ValueError(f"x is not on the grid of {n_levels} levels over [{low:g}, {high:g}] "
+        raise InputValueError(f"x is not on the grid of {n_levels} levels over [{low:g}, {high:g}] "
                          f"(an entry is {off:.3g} off a level, or outside the range); dequantize "
                          "discrete data only, with their own n_levels and data_range")
     u = torch.rand(x.shape, generator=generator, dtype=torch.float64,
@@ -175,7 +172,7 @@ def _check_range(data_range) -> tuple[float, float]:
     try:
         low, high = data_range
     except (TypeError, ValueError):
-        raise ValueError(f"data_range must be (low, high), got {data_range!r}") from None
+        raise InputValueError(f"data_range must be (low, high), got {data_range!r}") from None
     low = check_float("data_range low", low)
     high = check_float("data_range high", high, low, None, low_open=True)
     return low, high
@@ -183,139 +180,29 @@ def _check_range(data_range) -> tuple[float, float]:
 
 # ----------------------------------------------------------------------------- the ODE solves
 
-def _check_model(model) -> ScoreModel:
-    if not isinstance(model, ScoreModel):
-        raise TypeError(f"model must be a sdediff.ScoreModel, got {type(model).__name__}; wrap a "
-                        "network with ScoreModel(net, sde) or a function with "
-                        "ScoreModel.from_fn(score_fn, sde)")
-    return model
-
-
-def _check_t_min(model: ScoreModel, t_min) -> float:
-    return check_float("t_min", t_min, 0.0, model.sde.T, low_open=True, high_open=True)
-
-
-def _ode_options(steps, options: dict, what: str):
-    """The configured ``ode`` sampler (it validates ``method``, ``rtol``, ``atol``, ``schedule``)."""
-    solver = samplers.get("ode", **options)
-    if solver.adaptive and steps is not None:
-        raise ValueError(f"steps={steps!r} given to {what} with the adaptive method "
-                         f"{solver.options['method']!r}, which chooses its own steps; set rtol/atol, "
-                         "or choose a fixed-step method (method='rk4', steps=...)")
-    return solver
-
-
-def _ode_grid(solver, sde, steps, t_min: float, forward: bool) -> torch.Tensor:
-    """Times from ``T`` to ``t_min`` (the sampler's grid), flipped when integrating forward."""
-    if not solver.adaptive:
-        steps = check_int("steps", solver.default_steps if steps is None else steps,
-                          minimum=solver.min_steps)
-    ts = solver.grid(sde, steps, t_min)
-    return ts.flip(0) if forward else ts
-
-
-def _adjoint_params(model: ScoreModel) -> tuple:
-    net = model.net
-    return tuple(p for p in net.parameters() if p.requires_grad) \
-        if isinstance(net, torch.nn.Module) else ()
-
-
-class _Progress:
-    """A bar over the fraction of ``[t_start, t_stop]`` covered (adaptive solvers' steps are not
-    known in advance)."""
-
-    RESOLUTION = 1000
-
-    def __init__(self, ts: torch.Tensor, enabled: bool, desc: str):
-        self.start, self.span = float(ts[0]), float(ts[-1] - ts[0])
-        self.done = 0
-        self.bar = tqdm(total=self.RESOLUTION, disable=not enabled, desc=desc, dynamic_ncols=True)
-
-    def __call__(self, t) -> None:
-        reached = int(self.RESOLUTION * min(1.0, (float(t.detach()) - self.start) / self.span))
-        if reached > self.done:
-            self.bar.update(reached - self.done)
-            self.done = reached
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _odeint(func, y0, ts: torch.Tensor, solver, adjoint: bool, params: tuple):
-    """torchdiffeq with the ``ode`` sampler's per-method options; a breakdown (step underflow,
-    non-finite state: torchdiffeq's ``AssertionError``) becomes :class:`NumericalError`."""
-    name = solver.options["method"]
-    if METHODS[name].adaptive:  # end each solve exactly on its last time: an overshoot past T
-        options = {"step_t": ts[-1:]}   # (or below t_min) would call the model outside [0, T]
-        backward = {"step_t": ts[:1]}   # the adjoint pass runs ts backwards (a step_t at its
-    else:                               # start would clip its first step to zero)
-        options = backward = {"max_order": ADAMS_MAX_ORDER} if name in ADAMS else {}
-    kwargs = {"method": name, "rtol": solver.options["rtol"], "atol": solver.options["atol"],
-              "options": options}
-    try:
-        if adjoint:
-            return odeint_adjoint(func, y0, ts, adjoint_params=params, adjoint_options=backward,
-                                  **kwargs)
-        return odeint(func, y0, ts, **kwargs)
-    except AssertionError as error:
-        raise NumericalError(
-            f"torchdiffeq method {name!r} broke down ({error}); check that the model's output is "
-            "finite, loosen rtol/atol, or use a fixed-step method (method='rk4', steps=...)"
-        ) from error
+def _solver(model, sampler: str, steps, t_min, adjoint: bool, options: dict, forward: bool):
+    """The configured sampler and its grid between ``T`` and ``t_min`` (increasing when
+    ``forward``): the sampler's own grid and step rule, flipped to encode."""
+    model = check_score_model(model)
+    t_min = check_float("t_min", t_min, 0.0, model.sde.T, low_open=True, high_open=True)
+    if adjoint:
+        if sampler != "ode":
+            raise InputValueError(f"adjoint=True needs sampler='ode' (torchdiffeq), got {sampler!r}")
+        options = {**options, "adjoint": True}
+    solver = samplers.get(sampler, **options)
+    if solver.is_stochastic():
+        raise InputValueError(f"sampler {sampler!r} is stochastic with these options; encoding and "
+                         "decoding need a deterministic one, e.g. 'ode' or 'ddim' (eta=0)")
+    ts = solver.grid(model.sde, steps, t_min)
+    return model, solver, ts.flip(0) if forward else ts
 
 
 def _transport(model, x, forward: bool, sampler: str, steps, t_min, adjoint: bool,
                progress: bool, options: dict, what: str) -> SampleResult:
     """Carry ``x`` along the probability-flow ODE from ``t_min`` to ``T`` (``forward``) or back."""
-    model = _check_model(model)
+    model, solver, ts = _solver(model, sampler, steps, t_min, adjoint, options, forward)
     check_batch(what, x)
-    t_min = _check_t_min(model, t_min)
-    sde = model.sde
-    start, nfe_before = time.perf_counter(), model.nfe
-    if sampler == "ode":
-        solver = _ode_options(steps, options, "encode" if forward else "decode")
-        ts = _ode_grid(solver, sde, steps, t_min, forward)
-        bar = _Progress(ts, progress, "encode" if forward else "decode")
-
-        def drift(t, x):                                    # dx/dt = f x - g^2 score / 2
-            bar(t)
-            return sde.reverse_drift(model, x, t.to(torch.float64), probability_flow=True)
-
-        try:
-            if adjoint:
-                out = _odeint(drift, x, ts, solver, True, _adjoint_params(model))[-1]
-            else:
-                with torch.no_grad():
-                    out = _odeint(drift, x, ts, solver, False, ())[-1]
-        finally:
-            bar.close()
-    else:
-        if adjoint:
-            raise ValueError(f"adjoint=True needs sampler='ode' (torchdiffeq), got {sampler!r}")
-        solver = samplers.get(sampler, **options)
-        if solver.is_stochastic():
-            raise ValueError(f"sampler {sampler!r} is stochastic with these options; encoding and "
-                             "decoding need a deterministic one, e.g. 'ode' or 'ddim' (eta=0)")
-        if forward and sampler not in REVERSIBLE_SAMPLERS:
-            allowed = [name for name in REVERSIBLE_SAMPLERS if name in samplers.available()]
-            raise ValueError(f"sampler {sampler!r} cannot run forward in time to encode; allowed: "
-                             f"{', '.join(allowed)}")
-        steps = check_int("steps", solver.default_steps if steps is None else steps,
-                          minimum=solver.min_steps)
-        ts = solver.grid(sde, steps, t_min)
-        if forward:
-            ts = ts.flip(0)
-        bar = tqdm(total=ts.numel() - 1, disable=not progress, desc=sampler, dynamic_ncols=True)
-        try:
-            with torch.no_grad():
-                out = solver.run(model, x, ts, None, lambda i, x: bar.update(1))
-        finally:
-            bar.close()
-    if not bool(torch.isfinite(out).all()):
-        raise NumericalError(f"{what}: the solution has non-finite values; check the model's "
-                             "output, tighten rtol/atol or take more steps")
-    return SampleResult(x=out, nfe=model.nfe - nfe_before, times=ts,
-                        seconds=time.perf_counter() - start)
+    return solver.solve(model, x, ts, progress=progress, desc="encode" if forward else "decode")
 
 
 def encode(model: ScoreModel, x0: torch.Tensor, *, sampler: str = "ode", steps: int | None = None,
@@ -326,7 +213,8 @@ def encode(model: ScoreModel, x0: torch.Tensor, *, sampler: str = "ode", steps: 
     ``x0``: ``(B, ...)``. ``sampler="ode"`` (default): torchdiffeq, ``options`` are the ``ode``
     sampler's (``method`` any torchdiffeq method, default ``dopri5``; ``rtol``/``atol`` default
     ``1e-5``; ``schedule`` and ``steps`` for fixed-step methods). Another deterministic sampler
-    from :data:`REVERSIBLE_SAMPLERS` runs its ``steps``-step grid in reverse, with its own options.
+    that declares itself ``reversible`` (:func:`sdediff.samplers.reversible`) runs its
+    ``steps``-step grid in reverse, with its own options.
     ``adjoint=True`` makes the result differentiable (``odeint_adjoint``). Returns ``z``, or a
     :class:`~sdediff.samplers.base.SampleResult` (``x``, ``nfe``, ``times``, ``seconds``) with
     ``return_info=True``.
@@ -401,31 +289,26 @@ def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hu
     with respect to ``x0`` and the network's parameters. With ``return_info=True`` returns a
     :class:`LikelihoodResult` (standard error when ``probes >= 2``, latents, NFE).
     """
-    model = _check_model(model)
     check_batch("x0", x0)
     check_choice("divergence", divergence, DIVERGENCES)
     if divergence == "exact":
         given = [f"{k}={v!r}" for k, v in (("probes", probes), ("noise", noise)) if v is not None]
         if given:
-            raise ValueError(f"{', '.join(given)} given with divergence='exact', which draws no "
+            raise InputValueError(f"{', '.join(given)} given with divergence='exact', which draws no "
                              "probes; use divergence='hutchinson'")
         P = 1
     else:
         P = check_int("probes", 1 if probes is None else probes, minimum=1)
         noise = check_choice("noise", "rademacher" if noise is None else noise, PROBE_NOISES)
-    t_min = _check_t_min(model, t_min)
-    solver = _ode_options(steps, options, "log_likelihood")
+    model, solver, ts = _solver(model, "ode", steps, t_min, adjoint, options, forward=True)
     sde = model.sde
-    ts = _ode_grid(solver, sde, steps, t_min, forward=True)
     v = None if divergence == "exact" else draw_probes(
         x0.shape, P, noise, generator, x0.dtype, x0.device)
     D = x0[0].numel()
-    bar = _Progress(ts, progress, "likelihood")
     calls = [0]
 
     def augmented(t, state):
         x = state[0]
-        bar(t)
         # Only odeint_adjoint's backward pass calls with gradients on; it hands in a state that
         # requires grad, and the divergence must then be differentiable itself.
         create_graph = torch.is_grad_enabled() and x.requires_grad
@@ -442,17 +325,8 @@ def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hu
             drift, div = drift.detach(), div.detach()
         return drift, div                         # d(x, delta logp)/dt = (f~, div f~)
 
-    start, nfe_before = time.perf_counter(), model.nfe
     state = (x0, torch.zeros(x0.shape[0], P, dtype=x0.dtype, device=x0.device))
-    try:
-        if adjoint:
-            z, delta = (y[-1] for y in _odeint(augmented, state, ts, solver, True,
-                                               _adjoint_params(model)))
-        else:
-            with torch.no_grad():
-                z, delta = (y[-1] for y in _odeint(augmented, state, ts, solver, False, ()))
-    finally:
-        bar.close()
+    (z, delta), run = solver.solve_augmented(model, augmented, state, ts, progress=progress)
     prior = sde.prior_logp(z)
     nll = -(prior + delta.mean(1))
     if not bool(torch.isfinite(nll).all()):
@@ -463,8 +337,8 @@ def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hu
     stderr = delta.std(1) / math.sqrt(P) if P >= 2 else None
     return LikelihoodResult(
         nll=nll, stderr=stderr, z=z, prior_logp=prior, delta_logp=delta.mean(1),
-        nfe=model.nfe - nfe_before, vjps=calls[0] * (D if v is None else P),
-        seconds=time.perf_counter() - start, divergence=divergence, probes=P)
+        nfe=run.nfe, vjps=calls[0] * (D if v is None else P), seconds=run.seconds,
+        divergence=divergence, probes=P)
 
 
 # ------------------------------------------------------------------------------- interpolation
@@ -483,7 +357,7 @@ def slerp(z_a: torch.Tensor, z_b: torch.Tensor, weights: torch.Tensor) -> torch.
     a, b = z_a.reshape(B, -1).double(), z_b.reshape(B, -1).double()
     r_a, r_b = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
     if bool((r_a == 0).any() | (r_b == 0).any()):
-        raise ValueError("cannot slerp a zero latent: it has no direction")
+        raise InputValueError("cannot slerp a zero latent: it has no direction")
     u_a, u_b = a / r_a, b / r_b
     theta = torch.arccos((u_a * u_b).sum(1, keepdim=True).clamp(-1, 1))   # (B, 1)
     w = weights.double().reshape(1, -1, 1)                                 # (1, n, 1)
@@ -513,7 +387,7 @@ def interpolate(model: ScoreModel, x_a: torch.Tensor, x_b: torch.Tensor, n: int,
     n = check_int("n", n, minimum=2)
     for bad in ("return_info", "adjoint"):
         if bad in kwargs:
-            raise ValueError(f"unknown option {bad!r} for interpolate")
+            raise InputValueError(f"unknown option {bad!r} for interpolate")
     B = x_a.shape[0]
     z = encode(model, torch.cat([x_a, x_b]), **kwargs)
     weights = torch.linspace(0, 1, n, dtype=torch.float64)

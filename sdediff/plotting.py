@@ -1,4 +1,10 @@
-"""Matplotlib figures (Agg backend: files only, no screen needed)."""
+"""Matplotlib figures, written to files.
+
+The figures are built on :class:`matplotlib.figure.Figure` directly, not through ``pyplot``: no
+backend is chosen and no global figure state is touched, so importing or calling this module never
+switches a notebook user's backend (only the ``sdediff`` command picks Agg for itself), and no
+screen is needed.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,16 @@ import csv
 import math
 from pathlib import Path
 
-import matplotlib
 import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.image import imsave
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize, **kwargs):
+    """``(figure, axes)`` like ``pyplot.subplots``, without pyplot's global state."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def plot_loss_curve(csv_path, png_path, points_per_window: int = 40) -> Path:
@@ -27,7 +38,7 @@ def plot_loss_curve(csv_path, png_path, points_per_window: int = 40) -> Path:
         cumulative.append(cumulative[-1] + loss)
     smoothed = [(cumulative[i + 1] - cumulative[max(0, i + 1 - window)]) / min(i + 1, window)
                 for i in range(len(losses))]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _subplots(figsize=(6, 4))
     ax.plot(steps, losses, alpha=0.3, lw=0.8, label="loss")
     ax.plot(steps, smoothed, lw=1.5, label=f"mean of {window} steps")
     ax.set_xlabel("step")
@@ -38,7 +49,6 @@ def plot_loss_curve(csv_path, png_path, points_per_window: int = 40) -> Path:
     ax.legend()
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
-    plt.close(fig)
     return Path(png_path)
 
 
@@ -62,7 +72,7 @@ def plot_points(panels: dict, data: torch.Tensor | None, png_path, ncols: int = 
     ncols = min(ncols, len(names))
     nrows = (len(names) + ncols - 1) // ncols
     lim = _plot_limit(*panels.values(), *(() if data is None else (data,)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    fig, axes = _subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
     for ax in axes.flat[len(names):]:
         ax.axis("off")
     for ax, name in zip(axes.flat, names, strict=False):
@@ -78,7 +88,6 @@ def plot_points(panels: dict, data: torch.Tensor | None, png_path, ncols: int = 
         ax.set_title(name, fontsize=9)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
-    plt.close(fig)
     return Path(png_path)
 
 
@@ -88,7 +97,7 @@ def plot_trajectories(trajectory: torch.Tensor, data: torch.Tensor | None, png_p
     (grey dots) to the samples (orange dots)."""
     paths = trajectory[:, :n_paths].detach().double().numpy()
     lim = _plot_limit(trajectory[0], trajectory[-1])
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    fig, ax = _subplots(figsize=(5.5, 5.5))
     if data is not None:
         _density_background(ax, data, lim)
     for k in range(paths.shape[1]):
@@ -102,7 +111,6 @@ def plot_trajectories(trajectory: torch.Tensor, data: torch.Tensor | None, png_p
     ax.set_title("probability-flow ODE trajectories")
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
-    plt.close(fig)
     return Path(png_path)
 
 
@@ -138,7 +146,7 @@ def save_image_grid(images: torch.Tensor, png_path, nrow: int | None = None,
     array = tile_images(images, nrow, data_range)
     scale = max(1, 256 // max(array.shape[:2]))
     array = array.repeat(scale, axis=0).repeat(scale, axis=1)
-    plt.imsave(png_path, array[..., 0] if array.shape[2] == 1 else array,
+    imsave(png_path, array[..., 0] if array.shape[2] == 1 else array,
                cmap="gray" if array.shape[2] == 1 else None, vmin=0.0, vmax=1.0)
     return Path(png_path)
 
@@ -150,7 +158,7 @@ def plot_image_panels(panels: dict, png_path, ncols: int = 2, nrow: int | None =
     panels per row, each a tile of its images ``nrow`` per row."""
     n = len(panels)
     rows = int(math.ceil(n / ncols))
-    fig, axes = plt.subplots(rows, ncols, figsize=(panel_size * ncols, (panel_size + 0.3) * rows),
+    fig, axes = _subplots(rows, ncols, figsize=(panel_size * ncols, (panel_size + 0.3) * rows),
                              squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
@@ -159,20 +167,18 @@ def plot_image_panels(panels: dict, png_path, ncols: int = 2, nrow: int | None =
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
-    plt.close(fig)
     return Path(png_path)
 
 
 def plot_image_rows(rows: dict, png_path, data_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
     """Strips of images, one per entry of ``rows`` (label -> images ``(n, C, H, W)``), labelled
     on the left: e.g. originals, latents and reconstructions, or interpolation paths."""
-    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 1.1 * len(rows) + 0.3), squeeze=False)
+    fig, axes = _subplots(len(rows), 1, figsize=(9, 1.1 * len(rows) + 0.3), squeeze=False)
     for ax, (label, images) in zip(axes[:, 0], rows.items(), strict=True):
         _show(ax, tile_images(images, len(images), data_range))
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
-    plt.close(fig)
     return Path(png_path)
 
 
@@ -182,8 +188,8 @@ def plot_vs_nfe(series: dict, png_path, ylabel: str, title: str = "", floor: flo
     ``(nfe_list, value_list)``); labels in ``dashed`` (e.g. peers) are drawn dashed, a label
     mapped by ``same_color`` to another takes that one's color, and ``floor`` (the value of a
     perfect sampler) is a dotted black line. Non-positive values are left out."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    palette = plt.get_cmap("tab20").colors
+    fig, ax = _subplots(figsize=(7.5, 4.8))
+    palette = colormaps["tab20"].colors
     dashed, same_color = set(dashed), same_color or {}
     keys = list(dict.fromkeys(same_color.get(label, label) for label in series))
     for label, (nfe, values) in series.items():
@@ -207,5 +213,4 @@ def plot_vs_nfe(series: dict, png_path, ylabel: str, title: str = "", floor: flo
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
-    plt.close(fig)
     return Path(png_path)

@@ -18,9 +18,16 @@ from collections.abc import Callable
 
 import torch
 
-from .checks import check_batch_times, check_choice, check_same_shape, check_tensor
+from .checks import (
+    InputTypeError,
+    InputValueError,
+    check_batch_times,
+    check_choice,
+    check_same_shape,
+    check_tensor,
+)
 from .sde import ForwardProcess
-from .utils import batch_times, expand_like
+from .utils import batch_times, expand_like, scalar_time
 
 PREDICTIONS = ("eps", "x0", "v", "score")
 #: Lower-precision dtypes the network may run in under ``torch.autocast`` (CPU and CUDA).
@@ -28,17 +35,21 @@ AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16}
 
 
 def convert_prediction(value: torch.Tensor, source: str, target: str, x: torch.Tensor,
-                       alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+                       alpha, sigma) -> torch.Tensor:
     """Convert a prediction of kind ``source`` into kind ``target`` at state ``x``.
 
-    ``value`` and ``x``: ``(B, ...)``; ``alpha``, ``sigma``: scalars or ``(B,)`` (cast to ``x``'s
-    dtype). Goes through ``eps``.
+    ``value`` and ``x``: ``(B, ...)``; ``alpha``, ``sigma``: Python floats (one time for the
+    batch: used as they are, with no tensor made for them), or tensors, scalar or ``(B,)`` (cast
+    to ``x``'s dtype and broadcast). Goes through ``eps``.
     """
     check_choice("prediction", source, PREDICTIONS)
     check_choice("prediction", target, PREDICTIONS)
     if source == target:
         return value
-    a, s = expand_like(alpha, x), expand_like(sigma, x)
+    if isinstance(alpha, torch.Tensor) or isinstance(sigma, torch.Tensor):
+        a, s = expand_like(alpha, x), expand_like(sigma, x)
+    else:
+        a, s = alpha, sigma
     if source == "eps":
         eps = value
     elif source == "x0":
@@ -73,12 +84,15 @@ class ScoreModel:
     are in bfloat16 (design: "the network may run in bfloat16").
     """
 
+    #: Longest grid whose ``(alpha, sigma)`` :meth:`remember_times` keeps.
+    GRID_MEMO_TIMES = 100_000
+
     def __init__(self, net: Callable, sde: ForwardProcess, prediction: str = "eps",
                  autocast: str | None = None):
         if not callable(net):
-            raise TypeError(f"net must be callable as net(x, t), got {type(net).__name__}")
+            raise InputTypeError(f"net must be callable as net(x, t), got {type(net).__name__}")
         if not isinstance(sde, ForwardProcess):
-            raise TypeError(
+            raise InputTypeError(
                 f"sde must be a forward process (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}"
             )
         self.net = net
@@ -89,6 +103,8 @@ class ScoreModel:
         self.autocast = autocast
         self.nfe = 0
         self._checked = False
+        #: ``(process, {time: (alpha, sigma)})`` of the last grid solved on (:meth:`remember_times`).
+        self._grid_memo: tuple[ForwardProcess, dict[float, tuple[float, float]]] | None = None
 
     @classmethod
     def from_fn(cls, score_fn: Callable, sde: ForwardProcess, prediction: str = "score"
@@ -97,27 +113,74 @@ class ScoreModel:
         return cls(score_fn, sde, prediction=prediction)
 
     def predict(self, x: torch.Tensor, t, kind: str) -> torch.Tensor:
-        """One network call, converted to ``kind``."""
+        """One network call, converted to ``kind``.
+
+        One time for the whole batch (a number, or a sampler's 0-d ``ts[i]``; see
+        :func:`~sdediff.utils.scalar_time`) is read once as a float: the network gets
+        ``x.new_full((B,), t)`` (``x``'s dtype and device), and the conversion gets ``alpha`` and
+        ``sigma`` as Python floats computed by the process in float64 (once per grid:
+        :meth:`remember_times`), so no tensor is made for them. Per-sample ``(B,)`` times take
+        the tensor path. Both give the same values to rounding (a scalar float32 time gets
+        float64 coefficients, as a sampler's float64 time does).
+        """
         check_tensor("x", x, finite=False)
-        t = batch_times(t, x)
-        check_batch_times(t, x.shape[0])
+        t_scalar = scalar_time(t)
+        if t_scalar is None:
+            t = batch_times(t, x)
+            check_batch_times(t, x.shape[0])
+            t_net = t.to(x.dtype)
+        else:
+            t_net = x.new_full((x.shape[0],), t_scalar)
         if self.autocast is None:
-            out = self.net(x, t.to(x.dtype))
+            out = self.net(x, t_net)
         else:
             with torch.autocast(x.device.type, dtype=AUTOCAST_DTYPES[self.autocast]):
-                out = self.net(x, t.to(x.dtype))
+                out = self.net(x, t_net)
             if isinstance(out, torch.Tensor):
                 out = out.to(x.dtype)
         self.nfe += 1
         if not self._checked:
             if not isinstance(out, torch.Tensor):
-                raise TypeError(f"net(x, t) must return a tensor, got {type(out).__name__}")
+                raise InputTypeError(f"net(x, t) must return a tensor, got {type(out).__name__}")
             check_same_shape("net(x, t) output", out, x, "x")
             self._checked = True
         if kind == self.prediction:
             return out
-        alpha, sigma = self.sde.alpha_sigma(t)
+        if t_scalar is None:
+            alpha, sigma = self.sde.alpha_sigma(t)
+        else:
+            alpha, sigma = self._alpha_sigma(t_scalar)
         return convert_prediction(out, self.prediction, kind, x, alpha, sigma)
+
+    def remember_times(self, ts: torch.Tensor) -> None:
+        """Compute ``(alpha, sigma)`` at every time of a grid once, in one vectorised float64
+        call, so that a scalar time of that grid costs a dictionary look-up in :meth:`predict`.
+
+        One scalar time alone costs the process some 15 tiny tensor operations (the linear VP:
+        two ``log_alpha``, ``exp``, ``expm1``, ``sqrt``), more than a whole ``ddim`` step of a
+        near-free network (``benchmarks/bench_ddim_overhead.py``).
+        :meth:`~sdediff.samplers.base.Sampler.solve` calls this with its grid before the loop.
+        The memo is keyed by the time's float64 value and belongs to ``self.sde`` (it is rebuilt
+        when either changes), so it cannot go stale; it holds one grid (at most
+        :attr:`GRID_MEMO_TIMES` times) and a time off the grid is computed alone.
+        """
+        times = ts.detach().to(torch.float64).flatten()
+        if times.numel() > self.GRID_MEMO_TIMES or not times.is_cpu:
+            return
+        alpha, sigma = self.sde.alpha_sigma(times)
+        self._grid_memo = (self.sde, dict(zip(times.tolist(), zip(alpha.tolist(), sigma.tolist(),
+                                                                  strict=True), strict=True)))
+
+    def _alpha_sigma(self, t: float) -> tuple[float, float]:
+        """``(alpha(t), sigma(t))`` as Python floats from the process's float64 ``alpha_sigma``:
+        from the memo of :meth:`remember_times` when ``t`` is on its grid."""
+        memo = self._grid_memo
+        if memo is not None and memo[0] is self.sde:
+            hit = memo[1].get(t)
+            if hit is not None:
+                return hit
+        alpha, sigma = self.sde.alpha_sigma(torch.tensor(t, dtype=torch.float64))
+        return alpha.item(), sigma.item()
 
     def eps(self, x, t):
         """Noise prediction ``eps(x, t)``, shape of ``x``."""
@@ -157,7 +220,7 @@ class GaussianMixture:
         means = torch.as_tensor(means)
         check_tensor("means", means)
         if means.dim() < 2:
-            raise ValueError(f"means must have shape (K, *event_shape), got {tuple(means.shape)}")
+            raise InputValueError(f"means must have shape (K, *event_shape), got {tuple(means.shape)}")
         K = means.shape[0]
         self.event_shape = tuple(means.shape[1:])
         self.means = means.reshape(K, -1)
@@ -169,15 +232,15 @@ class GaussianMixture:
         elif tuple(stds.shape) == tuple(means.shape):
             stds = stds.reshape(K, -1)
         else:
-            raise ValueError(f"stds has shape {tuple(stds.shape)}; expected a number, ({K},) or "
+            raise InputValueError(f"stds has shape {tuple(stds.shape)}; expected a number, ({K},) or "
                              f"{tuple(means.shape)}")
         if not bool((stds > 0).all()):
-            raise ValueError("stds must all be > 0")
+            raise InputValueError("stds must all be > 0")
         self.stds = stds.clone()
         weights = torch.ones(K, dtype=means.dtype) if weights is None else torch.as_tensor(
             weights, dtype=means.dtype)
         if weights.shape != (K,) or not bool((weights > 0).all()):
-            raise ValueError(f"weights must be {K} positive numbers, got {weights.tolist()}")
+            raise InputValueError(f"weights must be {K} positive numbers, got {weights.tolist()}")
         self.weights = weights / weights.sum()
 
     @property

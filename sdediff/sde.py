@@ -44,7 +44,43 @@ from .utils import as_time, batch_times, expand_like
 COSINE_T = 0.9946
 
 
-class ForwardProcess:
+class Marginals:
+    """What a sampler reads of a chain of Gaussian marginals ``x_t = alpha x_0 + sigma eps``:
+    ``alpha_sigma(t)`` and ``log_snr(t)`` (per subclass: :class:`ForwardProcess`, the discrete
+    :class:`DDPMChain`), and the quantities derived from them, each computed one way here."""
+
+    def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def log_snr(self, t) -> torch.Tensor:
+        raise NotImplementedError
+
+    def alpha(self, t) -> torch.Tensor:
+        return self.alpha_sigma(t)[0]
+
+    def sigma_over_alpha(self, t) -> torch.Tensor:
+        """``s = sigma / alpha = e^{-lambda}``, EDM's noise level ``sigma~``: in ``y = x / alpha``
+        every process's probability flow is ``dy/ds = eps``."""
+        return torch.exp(-self.log_snr(t))
+
+    def transition_stds(self, ts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two Gaussian step noises of a decreasing grid ``ts`` (float64, length ``N`` each).
+
+        With ``h_i = lambda(t_{i+1}) - lambda(t_i) > 0`` and ``p_i = 1 - e^{-2 h_i}``:
+
+        - ``forward_i = sigma(t_i) sqrt(p_i)``: the standard deviation of the forward transition
+          ``x_{t_i} | x_{t_{i+1}}`` (``sigma_i^2 - (alpha_i / alpha_{i+1})^2 sigma_{i+1}^2``; VP:
+          ``beta``; the reverse-diffusion predictor's ``G_i``);
+        - ``posterior_i = sigma(t_{i+1}) sqrt(p_i)``: that of the posterior
+          ``q(x_{t_{i+1}} | x_{t_i}, x_0)`` (VP: DDPM's ``beta~``; DDIM's ``sigma(eta = 1)``).
+        """
+        sigma = self.alpha_sigma(ts)[1]
+        lam = self.log_snr(ts)
+        root_p = torch.sqrt(-torch.expm1(-2 * (lam[1:] - lam[:-1])))
+        return sigma[:-1] * root_p, sigma[1:] * root_p
+
+
+class ForwardProcess(Marginals):
     """Base class: subclasses define ``log_alpha``, ``sigma``, ``f``, ``g2`` and ``t_of_log_snr``.
 
     ``T`` is the end time, ``prior_std`` the standard deviation of the prior ``p_T``.
@@ -327,12 +363,17 @@ class VESDE(ForwardProcess):
 
 
 @dataclass(frozen=True)
-class DDPMChain:
+class DDPMChain(Marginals):
     """A discrete DDPM chain: ``betas[i-1] = beta_i`` at continuous time ``times[i-1] = t_i``.
 
     The map between the discrete index ``i in 1..N`` and continuous time is ``t_i = i T / N``; it
     lives here and nowhere else (``index_to_time`` / ``time_to_index``). ``alphas_cumprod`` is
     Ho et al.'s ``alpha_bar_i = prod_{j <= i} (1 - beta_j)``, whose square root plays ``alpha(t_i)``.
+
+    As :class:`Marginals` the chain answers at its own times (a time is read at its nearest index):
+    ``alpha_i^2 = abar_i``, ``sigma_i^2 = 1 - abar_i``, ``lambda_i = log(abar_i / (1 - abar_i)) / 2``,
+    so that process-generic step coefficients (``ddpm``'s posterior) apply to the chain itself.
+    For a variance-preserving process it describes the marginals fully.
     """
 
     betas: torch.Tensor
@@ -354,6 +395,17 @@ class DDPMChain:
         """Nearest 1-based step index of continuous time ``t``."""
         step = self.times[0]
         return torch.clamp(torch.round(as_time(t) / step), 1, self.N).long()
+
+    def _log_abar_at(self, t) -> torch.Tensor:
+        return torch.log(self.alphas_cumprod)[self.time_to_index(t) - 1]
+
+    def alpha_sigma(self, t):
+        log_abar = self._log_abar_at(t)
+        return torch.exp(0.5 * log_abar), torch.sqrt(-torch.expm1(log_abar))
+
+    def log_snr(self, t):
+        log_abar = self._log_abar_at(t)
+        return 0.5 * (log_abar - torch.log(-torch.expm1(log_abar)))
 
 
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}

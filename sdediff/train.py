@@ -47,7 +47,7 @@ from .checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from .checks import check_batch, check_choice, check_finite_value, check_float, check_int
+from .checks import InputValueError, check_batch, check_choice, check_finite_value, check_float, check_int
 from .losses import WEIGHTINGS, dsm_loss
 from .score import AUTOCAST_DTYPES, PREDICTIONS, ScoreModel
 
@@ -161,7 +161,7 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(state)
         except (ValueError, KeyError, RuntimeError) as err:
-            raise ValueError(f"optimizer state in {str(folder / OPTIMIZER_FILE)!r} does not fit "
+            raise InputValueError(f"optimizer state in {str(folder / OPTIMIZER_FILE)!r} does not fit "
                              f"the network described by the config ({err})") from err
         self.step = int(config["step"])
         if self.rank == 0:

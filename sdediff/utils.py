@@ -26,6 +26,24 @@ def expand_like(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return coef.reshape(coef.shape + (1,) * (x.dim() - coef.dim()))
 
 
+def scalar_time(t) -> float | None:
+    """``t`` as a Python float when it is one time for the whole batch, else ``None``.
+
+    One time is a Python number, or a 0-d or 1-element 1-d tensor on the CPU that needs no
+    gradient (a sampler's ``ts[i]``). Reading it costs no tensor operation, and its float64 value
+    is exact for every floating dtype. A time on an accelerator (reading it would wait for the
+    device), one that needs a gradient (the graph would be cut), or ``(B,)`` per-sample times
+    give ``None``: those keep the tensor path of :func:`batch_times`.
+    """
+    if isinstance(t, torch.Tensor):
+        if t.numel() != 1 or t.dim() > 1 or t.requires_grad or t.is_complex() or not t.is_cpu:
+            return None
+        return float(t)
+    if isinstance(t, (int, float)):
+        return float(t)
+    return None
+
+
 def batch_times(t, x: torch.Tensor) -> torch.Tensor:
     """Times of shape ``(B,)`` for a batch ``x``: a scalar ``t`` is repeated, a ``(B,)`` one kept."""
     t = as_time(t, like=x).to(x.device)

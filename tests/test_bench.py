@@ -1,17 +1,22 @@
 """The sampler benchmark (issue 6): schema of its outputs, errors that fall with NFE, the CLI's
-one-line errors, the exact reference against a closed form, and the diffusers peers."""
+one-line errors, the exact reference against a closed form, the diffusers peers, and the harness
+kept out of the core (no core module imports :mod:`sdediff.bench`)."""
 
 import csv
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import sdediff as sd
-from sdediff import bench, problems
+from sdediff import bench
+from sdediff.bench import peers, problems
+from sdediff.bench.metrics import frechet_distance
 from sdediff.cli import main
-from sdediff.metrics import frechet_distance
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
@@ -77,11 +82,11 @@ def test_rms_error_falls_with_nfe_for_a_deterministic_sampler(tiny):
 
 def test_budgets_pick_the_most_steps_that_fit_and_skip_with_a_note():
     sde = sd.VPSDE()
-    assert bench.steps_within(sd.samplers.get("heun"), 20, sde, 1e-3) == (10, 19)
-    assert bench.steps_within(sd.samplers.get("pc"), 5, sde, 1e-3) == (2, 4)
+    assert sd.samplers.get("heun").steps_within(20, sde, 1e-3) == (10, 19)
+    assert sd.samplers.get("pc").steps_within(5, sde, 1e-3) == (2, 4)
     # the 1000-step chain has 999 steps above t_end = 1e-3
-    assert bench.steps_within(sd.samplers.get("ddpm"), 1000, sde, 1e-3) == (999, 999)
-    assert bench.steps_within(sd.samplers.get("ddim"), 10, sde, 1e-3, reserve=1) == (9, 9)
+    assert sd.samplers.get("ddpm").steps_within(1000, sde, 1e-3) == (999, 999)
+    assert sd.samplers.get("ddim").steps_within(10, sde, 1e-3, reserve=1) == (9, 9)
     tasks, notes = bench.plan(["pc", "ode"], [], [1, 4], [1e-3], sde, 1e-3)
     assert [(t.sampler, t.budget, t.steps, t.options) for t in tasks] == [
         ("pc", 4, 2, {}), ("ode", None, None, {"rtol": 1e-3, "atol": 1e-3})]
@@ -89,9 +94,9 @@ def test_budgets_pick_the_most_steps_that_fit_and_skip_with_a_note():
 
 
 def test_all_includes_every_registered_sampler_and_the_peers():
-    ours, peers = bench.resolve_samplers("all")
-    assert ours == sd.samplers.available() and peers == list(bench.PEERS)
-    assert bench.resolve_samplers("ddim,peers,ddim") == (["ddim"], list(bench.PEERS))
+    ours, theirs = bench.resolve_samplers("all")
+    assert ours == sd.samplers.available() and theirs == list(peers.PEERS)
+    assert bench.resolve_samplers("ddim,peers,ddim") == (["ddim"], list(peers.PEERS))
 
 
 def test_cli_bench_writes_outputs(capsys, tmp_path):
@@ -118,7 +123,7 @@ def test_cli_bench_errors_are_one_line(capsys, tmp_path, argv, pattern):
 
 
 def test_without_diffusers_the_peers_are_skipped_with_a_note(monkeypatch):
-    monkeypatch.setattr(bench, "diffusers_available", lambda: False)
+    monkeypatch.setattr(peers, "diffusers_available", lambda: False)
     result = bench.run_bench("gmm2d", samplers="ddim,diffusers:ddim", nfe="5", num=16,
                              progress=False)
     assert {r["sampler"] for r in result.rows} == {"ddim"}
@@ -191,15 +196,44 @@ def test_diffusers_peers_converge_to_their_own_exact_reference():
     for r in result.rows:
         if r["metric"] == "rms_error":
             errors.setdefault(r["sampler"], {})[r["budget"]] = r["value"]
-    assert set(errors) == set(bench.PEERS)
+    assert set(errors) == set(peers.PEERS)
     for name, error in errors.items():
         assert error[40] < 0.6 * error[10], (name, error)
 
 
 def test_peer_model_sees_the_discrete_schedule():
-    model = bench.DiscreteEps(problems.gmm2d())
+    model = peers.DiscreteEps(problems.gmm2d())
     abar = sd.VPSDE().discretize(1000).alphas_cumprod
     assert model.s_of(999) == pytest.approx(math.sqrt((1 - abar[999]) / abar[999]), rel=1e-12)
     assert model.s_of(0) == pytest.approx(math.sqrt((1 - abar[0]) / abar[0]), rel=1e-12)
     # between timesteps: linear in the timestep, as diffusers interpolates its sigmas
     assert model.s_of(10.5) == pytest.approx(0.5 * (model.s_of(10) + model.s_of(11)), rel=1e-12)
+
+
+# ------------------------------------------------------------------ the harness is not the library
+
+#: Every module of the core: the library that must work without the benchmark harness.
+CORE = ["sdediff", "sdediff.sde", "sdediff.score", "sdediff.ode", "sdediff.train", "sdediff.data",
+        "sdediff.checkpoint", "sdediff.losses", "sdediff.checks", "sdediff.utils", "sdediff.nets",
+        *(f"sdediff.nets.{p.stem}" for p in sorted((Path(sd.__file__).parent / "nets").glob("*.py"))
+          if p.stem != "__init__"),
+        "sdediff.samplers",
+        *(f"sdediff.samplers.{p.stem}" for p in
+          sorted((Path(sd.__file__).parent / "samplers").glob("*.py")) if p.stem != "__init__")]
+
+
+def test_no_core_module_imports_the_benchmark_harness():
+    # a fresh interpreter (this one has imported sdediff.bench already) imports the core module by
+    # module and names the first one after which any sdediff.bench module is loaded
+    code = ("import importlib, json, sys\n"
+            f"for name in {CORE!r}:\n"
+            "    importlib.import_module(name)\n"
+            "    harness = sorted(m for m in sys.modules if m.startswith('sdediff.bench'))\n"
+            "    if harness:\n"
+            "        print(json.dumps([name, harness]))\n"
+            "        break\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"core module imports the harness: {done.stdout.strip()}"
+    assert len(CORE) > 20                     # every sampler and net module is in the list

@@ -117,3 +117,26 @@ def test_demo_images_part_with_the_bundled_model(capsys, tmp_path, monkeypatch):
     assert error < 1e-2
     bpd = float(re.search(r"Likelihood: (\S+) \+- ", report).group(1))
     assert 0 < bpd < 4.09                                         # beats a uniform density
+
+
+def test_a_bug_keeps_its_traceback_and_input_errors_are_one_line(monkeypatch, capsys):
+    """Input errors (the library's own checks) are one line and exit 2; an exception no check
+    raised is a bug and propagates with its traceback; SDEDIFF_TRACEBACK=1 shows every one."""
+    import sdediff.cli.sample as sample_commands
+    from sdediff.checks import InputValueError, check_choice
+
+    def buggy(args):
+        return {}["missing"]                      # a KeyError: no input check raised it
+
+    def bad_input(args):
+        check_choice("colour", "mauve", ("red", "green"))
+
+    monkeypatch.setattr(sample_commands, "cmd_samplers", buggy)
+    with pytest.raises(KeyError, match="missing"):
+        main(["samplers"])
+    monkeypatch.setattr(sample_commands, "cmd_samplers", bad_input)
+    assert main(["samplers"]) == 2
+    assert capsys.readouterr().err == "sdediff: error: unknown colour 'mauve'; allowed: red, green\n"
+    monkeypatch.setenv("SDEDIFF_TRACEBACK", "1")
+    with pytest.raises(InputValueError, match="unknown colour 'mauve'"):
+        main(["samplers"])

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from sdediff.data import load_digits
-from sdediff.digit_features import (
+from sdediff.bench.digit_features import (
     WEIGHTS,
     class_histogram,
     digit_features,
@@ -12,6 +11,7 @@ from sdediff.digit_features import (
     held_out_accuracy,
     load_digit_classifier,
 )
+from sdediff.data import load_digits
 
 
 def test_the_shipped_classifier_is_in_the_package_and_accurate_on_held_out_digits():

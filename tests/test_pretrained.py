@@ -3,9 +3,9 @@
 import torch
 
 import sdediff as sd
+from sdediff.bench.digit_features import digits_frechet
 from sdediff.checkpoint import load_model
 from sdediff.cli import main
-from sdediff.digit_features import digits_frechet
 from sdediff.pretrained import DIGITS, default_checkpoint
 
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import sdediff as sd
-from sdediff import problems
+from sdediff.bench import problems
 from sdediff.cli import main
 from sdediff.nets import MLP
 

@@ -23,6 +23,8 @@ def model_for(sde, event_shape=(2,)):
 
 
 def run(name, model, x_T=None, seed=0, steps=STEPS, **kw):
+    if sd.samplers.get(name).adaptive:      # adaptive samplers choose their own steps
+        steps = None
     return sd.sample(model, shape=None if x_T is not None else (16, 2), x_T=x_T, sampler=name,
                      steps=steps, generator=torch.Generator().manual_seed(seed),
                      return_info=True, **kw)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sdediff as sd
-from sdediff.metrics import energy_distance, two_sample_floor
+from sdediff.bench.metrics import energy_distance, two_sample_floor
 from sdediff.samplers.noise import BrownianNoise
 from tests.exact import ring_mixture
 

@@ -89,8 +89,10 @@ def test_adaptive_methods_measure_nfe_and_observe_once(problems):
         result = solve(problem, method=method, rtol=1e-5, atol=1e-5, keep_trajectory=True)
         assert result.nfe > 10 and result.trajectory.shape == (2, 64, 2)
         assert torch.equal(result.trajectory[-1], result.x)
-    # the step count does not matter to an adaptive method
-    assert torch.equal(solve(problem, 3).x, solve(problem, 300).x)
+    # an adaptive method chooses its own steps: a step count is refused, not ignored
+    with pytest.raises(ValueError, match=r"steps=3 given to the adaptive sampler 'ode' with method "
+                                         r"'dopri5', which chooses its own steps"):
+        solve(problem, 3)
 
 
 def test_float32_state(problems):
@@ -103,10 +105,10 @@ def test_errors_name_the_bad_value_and_the_allowed_ones():
     with pytest.raises(ValueError, match=r"unknown method 'rk45'; allowed: dopri5, dopri8, .*rk4"):
         sd.samplers.get("ode", method="rk45")
     with pytest.raises(ValueError, match=r"unknown option 'schedule' for sampler 'ode' with method "
-                                         r"'dopri5'; allowed: atol, method, rtol"):
+                                         r"'dopri5'; allowed: adjoint, atol, method, rtol"):
         sd.samplers.get("ode", schedule="logsnr")
     with pytest.raises(ValueError, match=r"unknown option 'rtol' for sampler 'ode' with method "
-                                         r"'euler'; allowed: method, schedule"):
+                                         r"'euler'; allowed: adjoint, method, schedule"):
         sd.samplers.get("ode", method="euler", rtol=1e-3)
     with pytest.raises(ValueError, match=r"rtol must be in \(0.0, inf\], got -1.0"):
         sd.samplers.get("ode", rtol=-1.0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sdediff as sd
-from sdediff.metrics import two_sample_floor
+from sdediff.bench.metrics import two_sample_floor
 from sdediff.samplers.noise import BrownianNoise
 from tests.exact import energy_distance, ring_mixture, rms
 

@@ -8,6 +8,7 @@ import torch
 from scipy import stats
 
 import sdediff as sd
+from sdediff.sde import sde_from_config
 
 PROCESSES = {
     "vp-linear": lambda: sd.VPSDE(),
@@ -150,7 +151,7 @@ def test_perturb_is_seeded_and_shaped(sde):
 
 
 def test_config_round_trip(sde):
-    rebuilt = sd.sde_from_config(sde.config())
+    rebuilt = sde_from_config(sde.config())
     t = grid(sde, 5)
     torch.testing.assert_close(rebuilt.alpha_sigma(t), sde.alpha_sigma(t))
 
@@ -161,8 +162,8 @@ def test_bad_arguments_name_the_value():
     with pytest.raises(ValueError, match=r"beta_max must be in .*got 0.05"):
         sd.VPSDE(beta_min=0.1, beta_max=0.05)
     with pytest.raises(ValueError, match=r"unknown process 'vq'; allowed: vp, subvp, ve"):
-        sd.sde_from_config({"name": "vq"})
+        sde_from_config({"name": "vq"})
     with pytest.raises(ValueError, match=r"unknown option 'sigma' for process 've'"):
-        sd.sde_from_config({"name": "ve", "sigma": 3})
+        sde_from_config({"name": "ve", "sigma": 3})
     with pytest.raises(ValueError, match=r"N must be >= 1, got 0"):
         sd.VPSDE().discretize(0)

@@ -1,12 +1,16 @@
 """The ``sdediff`` command: one module per group of subcommands, each adding its parsers.
 
 Every user error (bad name, bad number, missing file) is one line on stderr and exit status 2,
-never a traceback.
+never a traceback. An exception that no input check raised is a bug: it keeps its traceback (and
+exit status 1), so that it can be reported. ``SDEDIFF_TRACEBACK=1`` shows the traceback of every
+error.
 """
 
 from __future__ import annotations
 
-from ..checks import NumericalError
+import os
+
+from ..checks import InputError, NumericalError
 from . import bench, demo, ode, sample, train
 from .common import Parser, fail, parse_options
 from .ode import load_examples
@@ -25,16 +29,23 @@ def build_parser() -> Parser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one command; a user error is one line on stderr and status 2, never a traceback.
+#: Errors about what the user asked for: one line and exit 2. ``OSError`` covers every path the
+#: user names (missing, a file where a folder is needed, unreadable, a full disk): its message
+#: carries the path and the reason. ``NumericalError`` carries advice on what to change.
+USER_ERRORS = (InputError, OSError, NumericalError)
 
-    ``OSError`` covers every path the user names (missing, a file where a folder is needed,
-    unreadable, a full disk): its message carries the path and the reason.
-    """
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error is one line on stderr and status 2, a bug a traceback."""
+    import matplotlib
+
+    matplotlib.use("Agg")   # the command writes files only; a library import never does this
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, NumericalError) as err:
+    except USER_ERRORS as err:
+        if os.environ.get("SDEDIFF_TRACEBACK", "") not in ("", "0"):
+            raise
         lines = str(err).splitlines()
         return fail(lines[0] if lines else type(err).__name__)
     except KeyboardInterrupt:

@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..checks import InputValueError
+
 PROCESSES = ("vp", "vp-cosine", "subvp", "ve")
 
 
@@ -47,7 +49,7 @@ def parse_options(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"sampler option {pair!r} must look like key=value (e.g. eta=0.5)")
+            raise InputValueError(f"sampler option {pair!r} must look like key=value (e.g. eta=0.5)")
         for convert in (int, float):
             try:
                 options[key] = convert(value)

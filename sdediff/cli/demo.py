@@ -5,7 +5,7 @@
    distance to held-out points beside the two-sample floor.
 2. **Images**, with the bundled digits model (:mod:`sdediff.pretrained`; no training): several
    samplers at 10 and 50 NFE side by side with their Fréchet distance in classifier features
-   (:mod:`sdediff.digit_features`) and its real-vs-real floor; an encode -> decode round trip
+   (:mod:`sdediff.bench.digit_features`) and its real-vs-real floor; an encode -> decode round trip
    through the probability-flow ODE with its error; a latent interpolation strip; and bits/dim
    on held-out digits.
 """
@@ -19,7 +19,7 @@ from .common import fail, format_table, make_process
 from .train import default_net
 
 #: Steps per sampler in the points demo: fast solvers get few, SDE samplers need more.
-DEMO_STEPS = {"ode": None, "ddim": 50, "ddpm": 200, "euler_maruyama": 200, "sde": 200,
+DEMO_STEPS = {"ddim": 50, "ddpm": 200, "euler_maruyama": 200, "sde": 200,
               "reverse_diffusion": 200, "pc": 100}
 DEMO_DEFAULT_STEPS = 25
 #: The image demo's samplers, each run at every budget of IMAGE_NFE (network calls, counted).
@@ -30,7 +30,7 @@ IMAGE_NUM = 256
 #: Digits in the round trip, interpolation pairs, and held-out digits scored for bits/dim.
 ROUND_TRIP, PAIRS, LIKELIHOOD_NUM = 10, 4, 100
 #: rtol = atol of the round trip: a trained network makes the flow stiff near t_min, and the
-#: default 1e-5 leaves a visible error on the digits (measured: max 4e-2 relative; 7e-4 at 1e-6).
+#: default 1e-5 leaves a visible error on the digits (the error by tolerance: docs/encoding.md).
 ROUND_TRIP_TOL = 1e-6
 
 
@@ -39,8 +39,8 @@ def points_demo(args, out: Path, report: list[str]) -> None:
     import torch
 
     from .. import samplers
+    from ..bench.metrics import energy_distance, two_sample_floor
     from ..data import load_dataset
-    from ..metrics import energy_distance, two_sample_floor
     from ..plotting import plot_points, plot_trajectories
     from ..score import ScoreModel
     from ..train import TrainConfig, Trainer
@@ -61,7 +61,8 @@ def points_demo(args, out: Path, report: list[str]) -> None:
                                                                      generator=g)], args.num)
     rows, panels = [], {}
     for name in samplers.available():
-        steps = DEMO_STEPS.get(name, DEMO_DEFAULT_STEPS)
+        # adaptive samplers choose their own steps (and refuse a step count)
+        steps = None if samplers.get(name).adaptive else DEMO_STEPS.get(name, DEMO_DEFAULT_STEPS)
         result = samplers.sample(model, shape=(args.num, 2), sampler=name, steps=steps,
                                  generator=torch.Generator().manual_seed(1), return_info=True)
         distance = energy_distance(result.x, reference)

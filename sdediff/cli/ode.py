@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..checks import InputValueError
 from .common import add_checkpoint_argument, load_checkpoint_model, parse_options, write_samples
 
 #: Examples per solve in the ODE commands (adaptive step sizes are shared within a batch).
@@ -37,7 +38,7 @@ def load_examples(data: str | None, input_path: str | None, num: int | None, con
     from ..data import load_dataset
 
     if (data is None) == (input_path is None):
-        raise ValueError("give exactly one of --input FILE|FOLDER and --data NAME (its held-out "
+        raise InputValueError("give exactly one of --input FILE|FOLDER and --data NAME (its held-out "
                          "split)")
     if data is not None:
         dataset = load_dataset(data)
@@ -54,7 +55,7 @@ def load_examples(data: str | None, input_path: str | None, num: int | None, con
         x = x[:num]
     shape = tuple(config["data"]["shape"])
     if tuple(x.shape[1:]) != shape:
-        raise ValueError(f"{what} holds examples of shape {tuple(x.shape[1:])} but the checkpoint "
+        raise InputValueError(f"{what} holds examples of shape {tuple(x.shape[1:])} but the checkpoint "
                          f"models {shape}")
     return x, what, dataset.n_levels, tuple(dataset.data_range)
 
@@ -131,10 +132,10 @@ def cmd_decode(args) -> int:
     try:
         z = torch.from_numpy(np.load(path, allow_pickle=False)).float()
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {args.input!r} as a .npy array: {err}") from err
+        raise InputValueError(f"cannot read {args.input!r} as a .npy array: {err}") from err
     shape = tuple(config["data"]["shape"])
     if z.dim() < 2 or tuple(z.shape[1:]) != shape:
-        raise ValueError(f"latents in {args.input!r} have shape {tuple(z.shape)}; the checkpoint "
+        raise InputValueError(f"latents in {args.input!r} have shape {tuple(z.shape)}; the checkpoint "
                          f"needs (N, {', '.join(map(str, shape))})")
     # the encoder's settings, so that decoding inverts it (same t_min); flags override them
     meta = json.loads(_sidecar(path).read_text()) if _sidecar(path).is_file() else {}
@@ -262,9 +263,12 @@ def _add_input_arguments(p, num: bool = True) -> None:
 
 def _add_solver_arguments(p, sampler: bool = True, sampler_default: str | None = "ode") -> None:
     if sampler:
+        from ..samplers import reversible
+
+        fast = ", ".join(name for name in reversible() if name != "ode")
         p.add_argument("--sampler", default=sampler_default,
-                       help="'ode' (torchdiffeq, default) or a deterministic fast solver (ddim, "
-                            "dpm_solver++, unipc, ipndm)")
+                       help=f"'ode' (torchdiffeq, default) or a reversible fixed-step sampler "
+                            f"({fast})")
     p.add_argument("--steps", type=int, help="steps of a fixed-step method or sampler")
     p.add_argument("--method", help="torchdiffeq method for the ode solver (default dopri5)")
     p.add_argument("--rtol", type=float, help="relative tolerance (default 1e-5)")

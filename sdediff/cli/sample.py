@@ -23,12 +23,14 @@ def sampler_rows() -> list[dict]:
             nfe = f"{per_10} per 10 steps"
         rows.append({"name": name, "family": sampler.family,
                      "deterministic": "no" if sampler.is_stochastic() else "yes",
+                     "reversible": "yes" if sampler.reversible else "no",
                      "order": f"{sampler.order:g}", "nfe_per_step": nfe,
                      "options": ", ".join(f"{k}={v}" for k, v in sampler.defaults.items())})
     return rows
 
 
-SAMPLER_COLUMNS = ["name", "family", "deterministic", "order", "nfe_per_step", "options"]
+SAMPLER_COLUMNS = ["name", "family", "deterministic", "reversible", "order", "nfe_per_step",
+                   "options"]
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
@@ -80,7 +82,10 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("sample", help="generate samples from a checkpoint")
     add_checkpoint_argument(p)
-    p.add_argument("--sampler", default="ddim", help="a name from `sdediff samplers`")
+    from ..samplers import available
+
+    p.add_argument("--sampler", default="ddim", help=f"one of {', '.join(available())} "
+                   "(`sdediff samplers` lists their orders and options)")
     p.add_argument("--steps", type=int, help="steps (default per sampler)")
     p.add_argument("--num", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0)

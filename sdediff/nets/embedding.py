@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from ..checks import check_batch_times, check_float, check_int, check_shape
+from ..checks import InputValueError, check_batch_times, check_float, check_int, check_shape
 from ..utils import batch_times
 
 TIME_SCALE = 1000.0
@@ -42,7 +42,7 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
     check_float("max_period", max_period, 1.0, low_open=True)
     if not isinstance(t, torch.Tensor) or t.dim() != 1:
         got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"t must be a tensor of shape (batch,), got {got}")
+        raise InputValueError(f"t must be a tensor of shape (batch,), got {got}")
     dtype = torch.promote_types(t.dtype, torch.float32)
     half = dim // 2
     exponent = torch.arange(half, dtype=dtype, device=t.device) / half

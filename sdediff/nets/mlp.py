@@ -24,7 +24,7 @@ class MLP(nn.Module):
     0 and the first loss is the noise variance rather than a random network's.
 
     One hidden-by-hidden matrix per block and the time projections of all blocks fused in one
-    ``Linear`` keep a training step at batch 512 within a few milliseconds on a CPU.
+    ``Linear`` keep a training step cheap on a CPU (few, large matrix products).
     """
 
     def __init__(self, data_dim: int = 2, hidden: int = 256, depth: int = 4, emb_dim: int = 128):

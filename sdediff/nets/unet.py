@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_float, check_int
+from ..checks import InputTypeError, InputValueError, check_float, check_int
 from .embedding import TimeEmbedding, check_net_input
 
 
@@ -170,7 +170,7 @@ class UNet(nn.Module):
 
         factor = 2 ** (len(channel_mult) - 1)
         if image_size % factor:
-            raise ValueError(
+            raise InputValueError(
                 f"image_size={image_size} is not divisible by 2 ** (len(channel_mult) - 1) = "
                 f"{factor} (channel_mult={list(channel_mult)} has {len(channel_mult)} levels); "
                 f"allowed: a multiple of {factor}, or fewer levels"
@@ -178,13 +178,13 @@ class UNet(nn.Module):
         resolutions = [image_size // 2**level for level in range(len(channel_mult))]
         unused = [r for r in attention_resolutions if r not in resolutions]
         if unused:
-            raise ValueError(
+            raise InputValueError(
                 f"attention_resolutions has {unused}, which no level has; allowed: "
                 f"{', '.join(map(str, resolutions))} (the feature-map sizes of this U-Net)"
             )
         # Every level's channel count is a multiple of base_channels, so this one check suffices.
         if base_channels % num_groups:
-            raise ValueError(
+            raise InputValueError(
                 f"base_channels={base_channels} is not divisible by num_groups={num_groups} "
                 f"(GroupNorm splits the channels into equal groups); allowed: a multiple of "
                 f"{num_groups}, or a num_groups dividing {base_channels}"
@@ -194,7 +194,7 @@ class UNet(nn.Module):
                               if r in attention_resolutions} | {channels[-1]}
         for ch in sorted(attention_channels):
             if ch % num_heads:
-                raise ValueError(
+                raise InputValueError(
                     f"num_heads={num_heads} does not divide {ch}, the channel count at an "
                     f"attention resolution; allowed: a divisor of {ch}"
                 )
@@ -286,7 +286,7 @@ class UNet(nn.Module):
 def _int_tuple(what: str, value, minimum: int, nonempty: bool = False) -> tuple[int, ...]:
     """A sequence of integers >= ``minimum`` (a JSON list or a tuple) as a tuple."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(f"{what} must be a sequence of integers, got {value!r}")
+        raise InputTypeError(f"{what} must be a sequence of integers, got {value!r}")
     if nonempty and not value:
-        raise ValueError(f"{what} must have at least one entry, got {list(value)}")
+        raise InputValueError(f"{what} must have at least one entry, got {list(value)}")
     return tuple(check_int(f"{what}[{i}]", v, minimum=minimum) for i, v in enumerate(value))

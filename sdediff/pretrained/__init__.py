@@ -6,7 +6,7 @@
   ``config.json`` plus the EMA weights ``ema.safetensors``. Every command that takes
   ``--checkpoint`` uses it when none is given; in Python, ``sdediff.load_model(DIGITS)``.
 - ``digit_classifier.safetensors``: the feature network of the digits' Fréchet distance
-  (:mod:`sdediff.digit_features`).
+  (:mod:`sdediff.bench.digit_features`).
 """
 
 from __future__ import annotations

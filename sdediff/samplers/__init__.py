@@ -12,9 +12,9 @@ import pkgutil
 
 import torch
 
-from ..checks import check_choice, check_int
+from ..checks import InputTypeError, InputValueError, check_choice
 from ..score import ScoreModel
-from .base import Sampler, SampleResult, check_x_shape
+from .base import Observer, Sampler, SampleResult
 from .grids import GRIDS, make_grid
 
 _REGISTRY: dict[str, type[Sampler]] = {}
@@ -26,13 +26,13 @@ _NOT_SAMPLERS = {"base", "grids", "noise", "expint"}
 def register(name: str):
     """Class decorator adding a :class:`Sampler` subclass to the registry under ``name``."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"a sampler name must be a non-empty string, got {name!r}")
+        raise InputValueError(f"a sampler name must be a non-empty string, got {name!r}")
 
     def decorator(cls: type[Sampler]) -> type[Sampler]:
         if not (isinstance(cls, type) and issubclass(cls, Sampler)):
-            raise TypeError(f"register({name!r}) needs a Sampler subclass, got {cls!r}")
+            raise InputTypeError(f"register({name!r}) needs a Sampler subclass, got {cls!r}")
         if name in _REGISTRY:
-            raise ValueError(f"a sampler named {name!r} is already registered "
+            raise InputValueError(f"a sampler named {name!r} is already registered "
                              f"({_REGISTRY[name].__module__}.{_REGISTRY[name].__name__})")
         cls.name = name
         _REGISTRY[name] = cls
@@ -52,6 +52,12 @@ def get(name: str, **options) -> Sampler:
     return _REGISTRY[name](**options)
 
 
+def reversible() -> list[str]:
+    """Names of the samplers whose update rule runs in either direction of time (they encode):
+    read from each class's declared ``reversible``."""
+    return [name for name, cls in _REGISTRY.items() if cls.reversible]
+
+
 def sample(model: ScoreModel, shape=None, x_T: torch.Tensor | None = None,
            sampler: str = "ddim", steps: int | None = None,
            generator: torch.Generator | None = None, t_end: float = 1e-3, denoise: bool = True,
@@ -60,25 +66,14 @@ def sample(model: ScoreModel, shape=None, x_T: torch.Tensor | None = None,
     """Generate samples with the sampler called ``sampler``.
 
     Give ``shape`` ``(B, ...)`` to start from a prior draw (seeded by ``generator``), or the
-    starting state ``x_T`` itself. ``steps`` defaults per sampler; ``options`` are the sampler's
-    own (``schedule=``, ``eta=``, ...). Returns the samples, or a
-    :class:`~sdediff.samplers.base.SampleResult` (``x``, ``nfe``, ``times``, ``trajectory``)
-    with ``return_info=True``.
+    starting state ``x_T`` itself. ``steps`` defaults per sampler (adaptive samplers refuse it:
+    they take ``rtol``/``atol``); ``options`` are the sampler's own (``schedule=``, ``eta=``,
+    ...). Returns the samples, or a :class:`~sdediff.samplers.base.SampleResult` (``x``,
+    ``nfe``, ``times``, ``trajectory``) with ``return_info=True``.
     """
-    chosen = get(sampler, **options)
-    if not isinstance(model, ScoreModel):
-        raise TypeError(f"model must be a sdediff.ScoreModel, got {type(model).__name__}")
-    if x_T is None:
-        if shape is None:
-            raise ValueError("give either shape=(batch, ...) or x_T")
-        shape = tuple(shape)
-        for n in shape:
-            check_int("each entry of shape", n, minimum=1)
-        x_T = model.sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
-    elif shape is not None:
-        check_x_shape(x_T, shape)
-    result = chosen(model, x_T, steps=steps, generator=generator, t_end=t_end, denoise=denoise,
-                    progress=progress, keep_trajectory=keep_trajectory)
+    result = get(sampler, **options)(
+        model, x_T, shape=shape, steps=steps, generator=generator, t_end=t_end, denoise=denoise,
+        progress=progress, keep_trajectory=keep_trajectory, dtype=dtype, device=device)
     return result if return_info else result.x
 
 
@@ -90,5 +85,5 @@ def _discover() -> None:
 
 _discover()
 
-__all__ = ["GRIDS", "SampleResult", "Sampler", "available", "get", "make_grid", "register",
-           "sample"]
+__all__ = ["GRIDS", "Observer", "SampleResult", "Sampler", "available", "get", "make_grid",
+           "register", "reversible", "sample"]

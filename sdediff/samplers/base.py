@@ -1,44 +1,67 @@
-"""The :class:`Sampler` base: options, grid, noise, NFE counting and the final denoise.
+"""The :class:`Sampler` base: options, grid, noise, NFE counting, the final denoise, and
+:meth:`Sampler.solve`, the one door every caller goes through.
 
 A sampler file owns only its update rule: a ``run(model, x, ts, noise, observe)`` method whose
 loop over ``(t_cur, t_next)`` reads like the paper's algorithm. Everything around it is here:
 
 - **options**: ``defaults`` declares every option with its default; an unknown option raises
   naming the allowed ones, and ``check_options`` hooks validate values;
-- **metadata**: ``family``, ``order`` (global convergence order of the deterministic method; the
-  weak order for stochastic ones), ``stochastic``, ``nfe(steps)`` (exact network calls for
-  ``steps`` steps, ``None`` for adaptive solvers), ``default_steps``, ``min_steps``;
-- **grid**: ``make_grid(schedule, ...)`` from ``T`` exactly to ``t_end`` in float64;
+- **declared capabilities**: ``family``, ``order`` (global convergence order of the
+  deterministic method; the weak order for stochastic ones), ``stochastic``, ``adaptive``,
+  ``reversible`` (the update rule is written for either direction of time, so the sampler also
+  encodes, on its grid flipped), ``nfe(steps)`` (exact network calls for ``steps`` steps,
+  ``None`` for adaptive solvers), ``default_steps``, ``min_steps``. Docs, CLI help, the
+  encoder and the benchmarks read these; nothing keeps a list by hand;
+- **grid**: :meth:`Sampler.grid` from ``T`` exactly to ``t_end`` in float64, with one rule for
+  ``steps`` (below);
 - **noise**: a seeded :class:`~sdediff.samplers.noise.BrownianNoise` for stochastic samplers;
-- **NFE**: counted by the :class:`~sdediff.score.ScoreModel` (calls made, not steps taken);
+- **solve**: :meth:`Sampler.solve` integrates a state along any grid (either direction for a
+  reversible sampler) and owns the no-grad context, the progress bar, the NFE count, the timing
+  and the non-finite check. :meth:`Sampler.__call__` is the prior draw, the sampler's grid,
+  ``solve`` and the final denoise. ``encode``, ``decode``, ``fit_grid`` and the benchmarks call
+  ``solve`` with their own grids; nothing calls ``run`` directly;
 - **denoise**: with ``denoise=True`` the result is the model's ``x0`` prediction at ``t_end``
   (Tweedie's formula; one more network call, counted).
+
+**One rule for ``steps``.** ``steps=None`` takes the sampler's default (or, for an explicit grid,
+its length). A ``steps`` the sampler cannot honour raises ``ValueError`` naming why and what to
+pass instead: an adaptive sampler chooses its own steps (give ``rtol``/``atol``), and an
+explicit grid of ``n + 1`` times has ``n`` steps.
 
 ``run`` keeps all state in local variables, so a sampler object can be called again and again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
 
-from ..checks import check_float, check_int, check_options, check_shape, check_tensor
+from ..checks import (
+    InputTypeError,
+    InputValueError,
+    NumericalError,
+    check_batch,
+    check_choice,
+    check_float,
+    check_int,
+    check_options,
+    check_score_model,
+    check_shape,
+)
 from ..score import ScoreModel
-from .grids import GRIDS, make_grid
+from .grids import GRIDS, check_grid, make_grid
 from .noise import BrownianNoise
-
-Observer = Callable[[int, torch.Tensor], None]
 
 
 @dataclass
 class SampleResult:
     """``x``: samples ``(B, ...)``; ``nfe``: counted network calls; ``times``: the float64 grid
-    used (for adaptive solvers, just ``[T, t_end]``: their steps are internal); ``trajectory``:
+    used (for adaptive solvers, just its two ends: their steps are internal); ``trajectory``:
     states after each step ``(steps + 1, B, ...)`` when asked for; ``seconds``: wall time."""
 
     x: torch.Tensor
@@ -49,6 +72,51 @@ class SampleResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class Observer:
+    """What a sampler's ``run`` reports to: ``observe(i, x)`` after step ``i`` (1-based, exactly
+    once per step of the grid), and, for adaptive solvers whose steps are internal,
+    ``observe.at(t)`` whenever they reach time ``t`` (it only moves the progress bar).
+
+    The bar counts steps for fixed-step samplers and the fraction of ``[ts[0], ts[-1]]``
+    covered for adaptive ones. Trajectories are kept on request.
+    """
+
+    #: Units of an adaptive solver's bar (the fraction of the time span covered).
+    RESOLUTION = 1000
+
+    def __init__(self, ts: torch.Tensor, by_time: bool, progress: bool, desc: str,
+                 keep_trajectory: bool, x: torch.Tensor):
+        self.start, self.span = float(ts[0]), float(ts[-1] - ts[0])
+        self.times = ts.tolist()
+        self.by_time = by_time
+        self.done = 0
+        self.steps = 0
+        total = self.RESOLUTION if by_time else len(self.times) - 1
+        self.bar = tqdm(total=total, disable=not progress, desc=desc, dynamic_ncols=True)
+        self.trajectory = [x.detach().clone()] if keep_trajectory else None
+
+    def __call__(self, i: int, x: torch.Tensor) -> None:
+        self.steps += 1
+        if self.by_time:
+            self.at(self.times[i])
+        else:
+            self.bar.update(1)
+        if self.trajectory is not None:
+            self.trajectory.append(x.detach().clone())
+
+    def at(self, t) -> None:
+        if not self.by_time:
+            return
+        t = float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
+        reached = int(self.RESOLUTION * min(1.0, (t - self.start) / self.span))
+        if reached > self.done:
+            self.bar.update(reached - self.done)
+            self.done = reached
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class Sampler:
     """Base class of every registered sampler (see the module docstring)."""
 
@@ -57,6 +125,8 @@ class Sampler:
     order: ClassVar[float] = 1
     stochastic: ClassVar[bool] = False
     adaptive: ClassVar[bool] = False
+    #: The update rule holds for either direction of time: the sampler can encode.
+    reversible: ClassVar[bool] = False
     default_steps: ClassVar[int] = 100
     min_steps: ClassVar[int] = 1
     #: Every option with its default. ``schedule`` is the time grid of fixed-step samplers.
@@ -66,8 +136,6 @@ class Sampler:
         check_options(f"sampler {self.name!r}", options, self.defaults)
         self.options = {**self.defaults, **options}
         if "schedule" in self.options and not isinstance(self.options["schedule"], torch.Tensor):
-            from ..checks import check_choice
-
             check_choice("schedule", self.options["schedule"], GRIDS)
         self.check_options()
 
@@ -83,63 +151,188 @@ class Sampler:
         """Whether this configured sampler draws noise (DDIM with ``eta > 0`` does)."""
         return self.stochastic
 
+    @property
+    def differentiable(self) -> bool:
+        """Whether :meth:`solve` keeps the autograd graph (``ode`` with ``adjoint=True``)."""
+        return False
+
     def run(self, model: ScoreModel, x: torch.Tensor, ts: torch.Tensor,
             noise: BrownianNoise | None, observe: Observer) -> torch.Tensor:
-        """Integrate from ``x`` at ``ts[0] = T`` to ``ts[-1] = t_end``; call ``observe(i, x)``
-        after step ``i`` (1-based). Returns the state at ``t_end``."""
+        """Integrate from ``x`` at ``ts[0]`` to ``ts[-1]``; call ``observe(i, x)`` after step
+        ``i`` (1-based). Returns the state at ``ts[-1]``."""
         raise NotImplementedError(f"sampler {self.name!r} does not define run()")
 
-    # --- the shared driver ------------------------------------------------------------------
-    def grid(self, sde, steps: int, t_end: float) -> torch.Tensor:
+    def times(self, sde, steps: int, t_end: float) -> torch.Tensor:
+        """The ``steps``-step grid from ``T`` to ``t_end`` (override for grids of another kind,
+        e.g. ``ddpm``'s chain indices)."""
         return make_grid(self.options.get("schedule", "uniform"), sde, steps, t_end)
 
-    def __call__(self, model: ScoreModel, x_T: torch.Tensor, steps: int | None = None,
-                 generator: torch.Generator | None = None, t_end: float = 1e-3,
-                 denoise: bool = True, progress: bool = False,
-                 keep_trajectory: bool = False) -> SampleResult:
-        if not isinstance(model, ScoreModel):
-            raise TypeError(f"model must be a sdediff.ScoreModel, got {type(model).__name__}; "
-                            "wrap a network with ScoreModel(net, sde) or a function with "
-                            "ScoreModel.from_fn(score_fn, sde)")
-        sde = model.sde
-        check_tensor("x_T", x_T)
-        if x_T.dim() < 2:
-            raise ValueError(f"x_T must have shape (batch, ...), got {tuple(x_T.shape)}")
-        check_float("t_end", t_end, 0.0, sde.T, low_open=True, high_open=True)
-        steps = check_int("steps", self.default_steps if steps is None else steps,
-                          minimum=self.min_steps)
-        ts = self.grid(sde, steps, t_end)
-        n_steps = ts.numel() - 1
+    # --- the grid and the step rule ---------------------------------------------------------
+    def grid(self, sde, steps: int | None, t_end: float) -> torch.Tensor:
+        """The float64 grid from ``T`` to ``t_end`` for ``steps`` steps (``None``: the default).
+
+        An adaptive sampler's grid is its two ends, and it refuses ``steps``; an explicit
+        ``schedule`` tensor sets the steps itself, so a ``steps`` that disagrees is refused.
+        """
+        if steps is not None:
+            check_int("steps", steps, minimum=self.min_steps)
+        if self.adaptive:
+            if steps is not None:
+                raise InputValueError(
+                    f"steps={steps} given to the adaptive sampler {self.name!r}{self._method()}, "
+                    "which chooses its own steps; set rtol/atol instead"
+                    + (", or choose a fixed-step method (method='rk4', steps=...)"
+                       if self.name == "ode" else ""))
+            return torch.tensor([sde.T, t_end], dtype=torch.float64)
+        schedule = self.options.get("schedule")
+        if isinstance(schedule, torch.Tensor):
+            ts = check_grid(schedule, sde, t_end)
+            if steps is not None and steps != ts.numel() - 1:
+                raise InputValueError(
+                    f"steps={steps} disagrees with the explicit grid of {ts.numel()} times "
+                    f"({ts.numel() - 1} steps); pass steps={ts.numel() - 1} or leave steps out")
+            return ts
+        return self.times(sde, self.default_steps if steps is None else steps, t_end)
+
+    def _method(self) -> str:
+        method = self.options.get("method")
+        return "" if method is None else f" with method {method!r}"
+
+    def steps_within(self, budget: int, sde, t_end: float, reserve: int = 0
+                     ) -> tuple[int, int] | None:
+        """``(steps, nfe)``: the most steps whose exact cost ``nfe(steps) + reserve`` fits
+        ``budget`` network calls (and whose grid exists: ``ddpm``'s chain has only so many
+        steps), or ``None`` when even ``min_steps`` costs more. Heun's ``2N - 1`` enters a
+        budget of 10 at 9 calls. Adaptive samplers (``nfe(steps)`` is ``None``) have no answer:
+        they are run at a tolerance instead."""
+        check_int("budget", budget, minimum=1)
+        if self.nfe(self.min_steps) is None:
+            raise InputValueError(f"sampler {self.name!r} is adaptive: its network calls are measured, "
+                             "not chosen by steps; give it rtol/atol instead of an NFE budget")
+        best = None
+        steps = self.min_steps
+        while self.nfe(steps) + reserve <= budget:
+            best = steps
+            steps += 1
+        while best is not None:
+            try:
+                self.grid(sde, best, t_end)
+                return best, self.nfe(best)
+            except ValueError:
+                best = best - 1 if best > self.min_steps else None
+        return None
+
+    # --- the one door -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def observing(self, model: ScoreModel, ts: torch.Tensor, x: torch.Tensor, *,
+                  progress: bool = False, desc: str | None = None, keep_trajectory: bool = False):
+        """The bookkeeping around one integration along ``ts``: the grad mode (none, unless the
+        sampler is :attr:`differentiable`), the progress bar, the NFE count and the wall time.
+        Yields the :class:`Observer`; on exit it carries ``nfe`` and ``seconds``.
+        Used by :meth:`solve` and by the ``ode`` sampler's augmented likelihood solve."""
+        observer = Observer(ts, self.adaptive, progress, desc or self.name, keep_trajectory, x)
+        start, nfe_before = time.perf_counter(), model.nfe
+        grad = contextlib.nullcontext() if self.differentiable else torch.no_grad()
+        try:
+            with grad:
+                yield observer
+        finally:
+            observer.close()
+            observer.nfe = model.nfe - nfe_before
+            observer.seconds = time.perf_counter() - start
+
+    def check_direction(self, ts: torch.Tensor) -> None:
+        """Forward in time (encoding) needs a deterministic, :attr:`reversible` sampler."""
+        if ts.numel() < 2 or float(ts[-1]) <= float(ts[0]):
+            return
+        if self.is_stochastic():
+            raise InputValueError(f"sampler {self.name!r} is stochastic with these options; it cannot "
+                             "run forward in time (encoding): use a deterministic one, e.g. 'ode' "
+                             "or 'ddim' (eta=0)")
+        if not self.reversible:
+            from . import reversible
+
+            raise InputValueError(f"sampler {self.name!r} cannot run forward in time (encoding); "
+                             f"allowed: {', '.join(reversible())}")
+
+    def solve(self, model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, *,
+              generator: torch.Generator | None = None, denoise: bool = False,
+              progress: bool = False, desc: str | None = None,
+              keep_trajectory: bool = False) -> SampleResult:
+        """Carry ``x`` ``(B, ...)`` at ``ts[0]`` along the grid ``ts`` to ``ts[-1]``.
+
+        ``ts``: a strictly monotone 1-D grid in ``(0, T]``, decreasing to sample (or decode),
+        increasing to encode (reversible samplers only); adaptive samplers use only its two ends.
+        ``generator`` seeds a stochastic sampler's Brownian path. With ``denoise=True`` the result
+        is ``model.x0`` at ``ts[-1]`` (one more call, counted). Returns a :class:`SampleResult`;
+        a non-finite result raises :class:`~sdediff.checks.NumericalError`.
+        """
+        model = check_score_model(model)
+        check_batch("x", x)
+        ts = self._check_times(model.sde, ts)
+        self.check_direction(ts)
+        return self._solve(model, x, ts, generator, denoise, progress, desc, keep_trajectory)
+
+    def _solve(self, model, x, ts, generator, denoise, progress, desc, keep_trajectory
+               ) -> SampleResult:
+        """:meth:`solve` once its arguments are checked."""
         noise = None
         if self.is_stochastic():
-            noise = BrownianNoise.from_generator(x_T.shape, sde.T, generator, dtype=x_T.dtype,
-                                                 device=x_T.device)
-        trajectory = [x_T.detach().clone()] if keep_trajectory else None
-        bar = tqdm(total=n_steps, disable=not progress, desc=self.name, dynamic_ncols=True)
+            noise = BrownianNoise.from_generator(x.shape, model.sde.T, generator, dtype=x.dtype,
+                                                 device=x.device)
+        model.remember_times(ts)      # the grid's coefficients once, not per network call
+        with self.observing(model, ts, x, progress=progress, desc=desc,
+                            keep_trajectory=keep_trajectory) as observe:
+            out = self.run(model, x, ts, noise, observe)
+            if denoise:
+                out = model.x0(out, ts[-1])
+        if not bool(torch.isfinite(out).all()):
+            raise NumericalError(
+                f"sampler {self.name!r}: the result has non-finite values; check that the model's "
+                "output is finite, take more steps (or tighten rtol/atol), or sample in float64")
+        trajectory = observe.trajectory
+        return SampleResult(x=out, nfe=observe.nfe, times=ts,
+                            trajectory=torch.stack(trajectory) if trajectory is not None else None,
+                            seconds=observe.seconds)
 
-        def observe(i: int, x: torch.Tensor) -> None:
-            bar.update(1)
-            if trajectory is not None:
-                trajectory.append(x.detach().clone())
+    @staticmethod
+    def _check_times(sde, ts) -> torch.Tensor:
+        if not isinstance(ts, torch.Tensor):
+            raise InputTypeError(f"ts must be a 1-D tensor of times, got {type(ts).__name__}")
+        ts = ts.to(torch.float64).flatten()
+        if ts.numel() < 2:
+            raise InputValueError(f"ts needs at least 2 times, got {ts.numel()}")
+        steps = ts[1:] - ts[:-1]
+        if not (bool((steps < 0).all()) or bool((steps > 0).all())):
+            raise InputValueError("ts must be strictly monotone (decreasing to sample, increasing to "
+                             "encode)")
+        lo, hi = float(ts.min()), float(ts.max())
+        if not (0.0 < lo and hi <= sde.T):
+            raise InputValueError(f"ts must lie in (0, T = {sde.T}], got {lo:.6g} .. {hi:.6g}")
+        return ts
 
-        start, nfe_before = time.perf_counter(), model.nfe
-        try:
-            with torch.no_grad():
-                x = self.run(model, x_T, ts, noise, observe)
-                if denoise:
-                    x = model.x0(x, ts[-1])
-        finally:
-            bar.close()
-        return SampleResult(
-            x=x, nfe=model.nfe - nfe_before, times=ts,
-            trajectory=torch.stack(trajectory) if trajectory is not None else None,
-            seconds=time.perf_counter() - start)
+    def __call__(self, model: ScoreModel, x_T: torch.Tensor | None = None, *, shape=None,
+                 steps: int | None = None, generator: torch.Generator | None = None,
+                 t_end: float = 1e-3, denoise: bool = True, progress: bool = False,
+                 keep_trajectory: bool = False, dtype: torch.dtype = torch.float32,
+                 device=None) -> SampleResult:
+        """Generate: the prior draw (of ``shape``, seeded by ``generator``; or the given ``x_T``),
+        this sampler's grid from ``T`` to ``t_end``, :meth:`solve`, and the final denoise."""
+        model = check_score_model(model)
+        sde = model.sde
+        check_float("t_end", t_end, 0.0, sde.T, low_open=True, high_open=True)
+        if x_T is None:
+            if shape is None:
+                raise InputValueError("give either shape=(batch, ...) or x_T")
+            x_T = sde.prior_sample(tuple(shape), generator=generator, dtype=dtype, device=device)
+        else:
+            check_batch("x_T", x_T)
+            if shape is not None:
+                check_shape("x_T", x_T, tuple(shape))
+        # the grid is the sampler's own and x_T is checked: straight to the solve
+        return self._solve(model, x_T, self.grid(sde, steps, t_end), generator, denoise,
+                           progress, None, keep_trajectory)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"{type(self).__name__}({args})"
-
-
-def check_x_shape(x_T: torch.Tensor, shape) -> None:
-    """``x_T`` given together with ``shape`` must agree."""
-    check_shape("x_T", x_T, tuple(shape))

@@ -37,13 +37,14 @@ def ddim_coefficients(sde, ts: torch.Tensor, eta: float):
     a = torch.exp(log_alpha[1:] - log_alpha[:-1])
     # sqrt(1 - eta^2 p) - e^h, arranged so that eta = 0 gives -expm1(h) without cancellation
     b = sigma[1:] * (-(eta**2) * p / (1 + torch.sqrt(1 - eta**2 * p)) - torch.expm1(h))
-    s_eta = eta * sigma[1:] * torch.sqrt(p)
+    s_eta = eta * sde.transition_stds(ts)[1]                    # eta x the posterior's std
     return a, b, s_eta
 
 
 @register("ddim")
 class DDIM(Sampler):
     family = "ddim"
+    reversible = True            # the update holds for either direction of time: encodes
     order = 1
     default_steps = 50
     defaults = {"schedule": "uniform", "eta": 0.0}
@@ -60,8 +61,8 @@ class DDIM(Sampler):
         times = ts.tolist()
         for i, (t_cur, t_next) in enumerate(zip(times[:-1], times[1:], strict=True)):
             eps = model.eps(x, ts[i])                       # eps^ = eps_theta(x_s, s)
-            x = a[i] * x + b[i] * eps                       # eq. 12 with eta's share removed
+            x = (a[i] * x).add(eps, alpha=b[i])             # eq. 12 with eta's share removed
             if eta > 0:
-                x = x + s_eta[i] * noise.normal(t_cur, t_next)   # + sigma_t(eta) z
+                x = x.add(noise.normal(t_cur, t_next), alpha=s_eta[i])   # + sigma_t(eta) z
             observe(i + 1, x)
         return x

@@ -20,12 +20,12 @@ variance ``s^2`` (``variance=``):
 ``alpha``, ``sigma`` are those of the chain: for a ``VPSDE``, ``sde.discretize(N)``'s
 ``sqrt(abar_i)``, ``sqrt(1 - abar_i)``; for other processes (no discrete chain) the process's own
 ``alpha(t_i)``, ``sigma(t_i)``. The model is evaluated at the chain's continuous times ``t_i``.
-For the linear VP, Ho et al.'s betas give a chain a few percent off the continuous process
-(``1 - abar_1`` is 9% below ``sigma(t_1)^2``, ``abar_N`` 7% below ``alpha(T)^2``), yet with the
-exact mixture score its samples are as close to the data as with the continuous
-``alpha(t_i)``, ``sigma(t_i)``: energy distance 1.49 vs 1.50 times the two-sample floor at 999
-steps, 1.68 vs 1.67 at 100 (2000 samples, mean of 3 seeds). So the discrete chain is used and no
-switch is offered; for the cosine VP the two coincide.
+For the linear VP, Ho et al.'s betas give a chain slightly off the continuous process
+(``1 - abar_1`` below ``sigma(t_1)^2``, ``abar_N`` below ``alpha(T)^2``), yet with the exact
+mixture score its samples are as close to the data as with the continuous ``alpha(t_i)``,
+``sigma(t_i)`` (measurements: ``docs/samplers.md``, 'DDPM: the chain against the continuous
+process'). So the discrete chain is used and no switch is offered; for the cosine VP the two
+coincide.
 
 Respacing keeps ``steps + 1`` indices evenly spaced (rounded half up) from ``N`` (the first
 evaluation is at exactly ``T``) down to ``time_to_index(t_end)``; the run ends there, at the index
@@ -34,7 +34,8 @@ time nearest ``t_end`` (``result.times[-1]``). ``steps = N - 1`` (the default) w
 step ``t = 1``, which returns ``mu~(x_1, x0^) = x0^`` (``abar_0 = 1``). That step is the final
 denoise (``denoise=True``): ``N`` network calls in all. (The denoise converts with the model's
 continuous ``alpha(t_1)``, ``sigma(t_1)``; Algorithm 2 with the chain's ``sqrt(abar_1)``,
-``sqrt(1 - abar_1)``, a 5% smaller ``sigma`` for the linear VP.)
+``sqrt(1 - abar_1)``, a slightly smaller ``sigma`` for the linear VP: ``docs/samplers.md``,
+same section.)
 
 Stochastic, weak order 1, one network call per step.
 """
@@ -44,35 +45,11 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_choice, check_float, check_int
-from ..sde import DDPMChain
 from . import register
 from .base import Sampler
 from .ddim import ddim_coefficients
 
 VARIANCES = ("beta_tilde", "beta")
-
-
-class ChainSchedule:
-    """The ``(alpha, sigma, lambda)`` of a VP DDPM chain at its own times: ``alpha_i^2 = abar_i``,
-    ``sigma_i^2 = 1 - abar_i``, so that process-generic step coefficients apply to it."""
-
-    def __init__(self, chain: DDPMChain):
-        self.chain = chain
-        self._log_abar = torch.log(chain.alphas_cumprod)
-
-    def _log_abar_at(self, t: torch.Tensor) -> torch.Tensor:
-        return self._log_abar[self.chain.time_to_index(t) - 1]
-
-    def alpha(self, t):
-        return torch.exp(0.5 * self._log_abar_at(t))
-
-    def alpha_sigma(self, t):
-        log_abar = self._log_abar_at(t)
-        return torch.exp(0.5 * log_abar), torch.sqrt(-torch.expm1(log_abar))
-
-    def log_snr(self, t):
-        log_abar = self._log_abar_at(t)
-        return 0.5 * (log_abar - torch.log(-torch.expm1(log_abar)))
 
 
 @register("ddpm")
@@ -91,7 +68,7 @@ class DDPM(Sampler):
         check_choice("variance", self.options["variance"], VARIANCES)
         check_int("num_train_steps", self.options["num_train_steps"], minimum=2)
 
-    def grid(self, sde, steps, t_end):
+    def times(self, sde, steps, t_end):
         chain = sde.discretize(self.options["num_train_steps"])
         N, i_end = chain.N, int(chain.time_to_index(t_end))
         check_float(f"largest beta of the num_train_steps = {N} chain (raise num_train_steps)",
@@ -106,15 +83,14 @@ class DDPM(Sampler):
     def marginals(self, sde):
         """Where the step coefficients read ``alpha`` and ``sigma``: the VP chain, or ``sde``."""
         if sde.variance_preserving:
-            return ChainSchedule(sde.discretize(self.options["num_train_steps"]))
+            return sde.discretize(self.options["num_train_steps"])
         return sde
 
     def run(self, model, x, ts, noise, observe):
         marginals = self.marginals(model.sde)
         a, b, s = ddim_coefficients(marginals, ts, eta=1.0)     # posterior q(x_p | x_t, x0^)
-        if self.options["variance"] == "beta":
-            sigma = marginals.alpha_sigma(ts)[1]
-            s = s * sigma[:-1] / sigma[1:]                    # sigma_t^2 (1 - e^{-2h}) = beta-bar
+        if self.options["variance"] == "beta":                 # sigma_t^2 (1 - e^{-2h}) = beta-bar
+            s = marginals.transition_stds(ts)[0]
         a, b, s, times = a.tolist(), b.tolist(), s.tolist(), ts.tolist()
         for i, (t_cur, t_next) in enumerate(zip(times[:-1], times[1:], strict=True)):
             eps = model.eps(x, ts[i])                                  # eps_theta(x_t, t)

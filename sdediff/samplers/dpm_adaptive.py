@@ -44,17 +44,18 @@ so the last step lands on ``t_end`` exactly. Constants (module-level, with sourc
 ``theta = 0.9`` (:data:`SAFETY`), ``h_init = 0.05`` (:data:`H_INIT`), ``rtol = 0.05``,
 ``atol = 0.0078`` (:data:`RTOL`, :data:`ATOL`): Lu et al.'s values (Algorithm 4 and appendix; the
 dpm-solver code's defaults), chosen for data scaled to ``[-1, 1]``, where ``0.0078 ~ 2/256`` is one
-8-bit level. They are loose: on the 2-D and 64-D mixture problems of ``benchmarks/`` they give an
-RMS error of about 1e-2 to 3e-2; ``rtol = atol = 1e-2`` gives about 1e-3 (``docs/fast_solvers.md``).
+8-bit level. They are loose: on the 2-D and 64-D mixture problems of ``benchmarks/`` a small
+error needs tighter tolerances (measurements: ``docs/fast_solvers.md``, 'Measured behaviour of
+dpm_adaptive').
 
 **Why data prediction**: ``D`` stays in the data range along the whole path, so the mixed
 tolerance refers to one scale from ``T`` to ``t_end`` (DPM-Solver++'s argument for bounded
-predictions), and measured on the VP mixture problems it needs fewer calls for the same error
-than the noise-prediction form (64-D mixture, error 1e-3: 76-81 calls against 86-101). Every
+predictions), and on the VP mixture problems it needed fewer calls for the same error than the
+noise-prediction form (measurements: ``docs/fast_solvers.md``, same section). Every
 process works: only ``sde.alpha_sigma``, ``sde.log_snr`` and ``sde.t_of_log_snr`` are used.
 
 Shapes: ``x`` is ``(B, ...)``, any event shape; coefficients are float64 Python numbers, the state
-keeps its dtype. Steps are internal: ``steps`` is unused, ``nfe(steps)`` is ``None`` (the count is
+keeps its dtype. Steps are internal: the sampler refuses ``steps``, ``nfe(steps)`` is ``None`` (the count is
 measured) and ``result.times`` is ``[T, t_end]``. Tolerances below :data:`TOLERANCE_EPS` machine
 epsilons of the sample dtype raise ``ValueError``; a step size that still collapses raises
 :class:`~sdediff.checks.NumericalError`.
@@ -66,7 +67,7 @@ import math
 
 import torch
 
-from ..checks import NumericalError, check_float, check_int
+from ..checks import InputValueError, NumericalError, check_float, check_int
 from . import register
 from .base import Sampler
 from .expint import moments
@@ -106,14 +107,11 @@ class DPMSolverAdaptive(Sampler):
         check_float("rtol", self.options["rtol"], 0.0, None)
         check_float("atol", self.options["atol"], 0.0, None)
         if self.options["rtol"] == 0.0 and self.options["atol"] == 0.0:
-            raise ValueError("rtol and atol cannot both be 0: the error ratio would be infinite")
+            raise InputValueError("rtol and atol cannot both be 0: the error ratio would be infinite")
         check_float("h_init", self.options["h_init"], 0.0, None, low_open=True)
 
     def nfe(self, steps):
         return None
-
-    def grid(self, sde, steps, t_end):
-        return torch.tensor([sde.T, t_end], dtype=torch.float64)
 
     def run(self, model, x, ts, noise, observe):
         sde = model.sde
@@ -121,7 +119,7 @@ class DPMSolverAdaptive(Sampler):
         r = STAGES[order]
         resolution = TOLERANCE_EPS * torch.finfo(x.dtype).eps
         if max(rtol, atol) < resolution:
-            raise ValueError(
+            raise InputValueError(
                 f"dpm_adaptive: rtol = {rtol:g}, atol = {atol:g} are below what {x.dtype} resolves "
                 f"({TOLERANCE_EPS} eps = {resolution:.3g}); loosen them or sample in float64")
         t_end = float(ts[-1])

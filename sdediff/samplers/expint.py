@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 
-import torch
+import numpy as np
 
 from ..checks import check_choice, check_int
 
@@ -71,9 +71,8 @@ def weights_from_moments(r, g) -> list[float]:
     The transposed Vandermonde system of 1-4 nodes spaced about one step apart is well
     conditioned; the nodes come from float64 log-SNRs, never from the sample dtype.
     """
-    r = torch.as_tensor(r, dtype=torch.float64)
-    V = r[None, :] ** torch.arange(len(r), dtype=torch.float64)[:, None]     # V[k, j] = r_j^k
-    return torch.linalg.solve(V, torch.as_tensor(g, dtype=torch.float64)).tolist()
+    V = np.vander(np.asarray(r, dtype=np.float64), increasing=True).T     # V[k, j] = r_j^k
+    return np.linalg.solve(V, np.asarray(g, dtype=np.float64)).tolist()
 
 
 # --- DPM-Solver++ multistep (Lu et al. 2022b) ---------------------------------------------------
@@ -90,7 +89,8 @@ DPMPP_MOMENTS = {
 #: diffusers ``DPMSolverMultistepScheduler`` and k-diffusion ``sample_dpmpp_3m_sde`` at eta = 0):
 #: its ``- alpha_t phi_3 D_2`` term carries half the Taylor weight (``D_2 ~ h^2 m''/2`` needs
 #: ``2 h phi_3(-h)``), so the method is formally second order (local error ``h^3 m''/12``); on the
-#: project's mixtures it is nevertheless more accurate than the exact form at 10-20 steps.
+#: project's mixtures it is nevertheless more accurate than the exact form at few steps
+#: (measurements: ``docs/samplers.md``, 'Accuracy at few steps').
 DPMPP_3M_REFERENCE_MOMENTS = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
 
@@ -154,10 +154,8 @@ def unipc_weights(h: float, r, variant: str, corrector: bool) -> list[float]:
     elif fixed is not None:
         rho = list(fixed)
     else:
-        R = torch.tensor([[v ** (j - 1) for v in nodes] for j in range(1, K + 1)],
-                         dtype=torch.float64)
-        rho = torch.linalg.solve(R, torch.tensor(unipc_b(h, K, variant),
-                                                 dtype=torch.float64)).tolist()
+        R = np.vander(np.asarray(nodes, dtype=np.float64), increasing=True).T   # R[j, k] = r_k^j
+        rho = np.linalg.solve(R, np.asarray(unipc_b(h, K, variant), dtype=np.float64)).tolist()
     w = [-math.expm1(-h)] + [0.0] * K
     for k, (rho_k, r_k) in enumerate(zip(rho, nodes, strict=True), start=1):
         c = -B * rho_k / r_k                      # -B rho_k D_k = c (m_k - m_0)
@@ -186,13 +184,14 @@ def step_orders(steps: int, order: int, lower_order_final: bool) -> list[int]:
 
     The final steps are where the grid's steps are largest in log-SNR (on ``uniform`` the last
     step is ~4x the one before) and where ``x0`` changes fastest, so extrapolating it from
-    earlier steps is unstable: on the 2-D ring mixture (VP, 20 steps, ``uniform``) lowering takes
-    ``dpm_solver++`` order 3 from RMS error 1.28 to 0.069 and changes ``logsnr``/``karras`` by
-    under 20%. dpm-solver (``steps < 10``) and diffusers (``< 15``) lower only for few steps; we
-    always do, as UniPC. The price is asymptotic: a first-order last step caps the global order
-    at 2 once its ``O(h^2)`` error dominates, which on these problems does not show up to 320
-    steps for ``dpm_solver++`` (``x0`` barely moves at ``t_end``) but does for ``unipc`` order 3
-    beyond 80 steps; ``lower_order_final=False`` keeps the full order.
+    earlier steps is unstable: lowering is what keeps ``dpm_solver++`` order 3 accurate on
+    ``uniform`` at few steps, and it changes ``logsnr``/``karras`` little. dpm-solver
+    (``steps < 10``) and diffusers (``< 15``) lower only for few steps; we always do, as UniPC.
+    The price is asymptotic: a first-order last step caps the global order at 2 once its
+    ``O(h^2)`` error dominates, which on the project's mixtures shows only at many steps for
+    ``dpm_solver++`` (``x0`` barely moves at ``t_end``) and sooner for ``unipc`` order 3;
+    ``lower_order_final=False`` keeps the full order (measurements: ``docs/samplers.md``,
+    'Lower-order final steps').
     """
     check_int("steps", steps, minimum=1)
     return [min(order, i + 1, steps - i if lower_order_final else order) for i in range(steps)]

@@ -18,8 +18,9 @@ candidate grid and that reference. Nothing of the batch the grid is later judged
 a pilot drawn with its own seed. With ``trim = f`` the RMS leaves out the worst fraction ``f`` of
 the pilot samples (default 0): in high dimension a pilot sample on a decision boundary between
 two components lands in the wrong one under almost any grid, and its constant, large error can
-steer the fit (measured on the 64-D benchmark: it helps when the pilot has such a sample and
-costs a little when it has none, hence off by default; a larger pilot is the other cure).
+steer the fit. Trimming helps only when the pilot holds such a sample, hence off by default; a
+larger pilot is the other cure (measurements: ``docs/fast_solvers.md``, 'Measured behaviour of
+fitted grids').
 
 **Parameterisation.** A grid of ``N`` steps from ``T`` to ``t_end`` is ``N`` positive increments
 of the half log-SNR ``lambda``: ``lambda_i = lambda_T + (lambda_end - lambda_T) cumsum(softmax(theta))_i``
@@ -57,7 +58,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checks import NumericalError, check_choice, check_float, check_int, check_tensor
+from ..checks import (
+    InputValueError,
+    NumericalError,
+    check_batch,
+    check_choice,
+    check_float,
+    check_int,
+    check_score_model,
+)
 from ..score import ScoreModel
 from .grids import GRIDS, check_grid, make_grid
 
@@ -123,18 +132,9 @@ class FittedGrid:
         record = json.loads(Path(path).read_text())
         version = record.pop("format", None)
         if version != FORMAT:
-            raise ValueError(f"{path}: fitted-grid format {version!r}, expected {FORMAT}")
+            raise InputValueError(f"{path}: fitted-grid format {version!r}, expected {FORMAT}")
         times = torch.tensor(record.pop("times"), dtype=torch.float64)
         return cls(times=times, **record)
-
-
-def steps_for_nfe(sampler, nfe: int) -> int:
-    """The step count whose declared ``sampler.nfe(steps)`` is ``nfe`` (e.g. Heun: 2N - 1)."""
-    for steps in range(sampler.min_steps, nfe + 1):
-        if sampler.nfe(steps) == nfe:
-            return steps
-    raise ValueError(f"sampler {sampler.name!r} has no step count costing exactly nfe = {nfe} "
-                     "network calls; choose another nfe")
 
 
 def _lambda_span(sde, t_end: float) -> tuple[float, float]:
@@ -176,34 +176,34 @@ def fit_grid(model: ScoreModel, sampler: str = "dpm_solver++", nfe: int = 10,
     """
     from scipy.optimize import minimize
 
-    from . import get, sample
+    from . import get
 
-    if not isinstance(model, ScoreModel):
-        raise TypeError(f"model must be a sdediff.ScoreModel, got {type(model).__name__}")
-    sde = model.sde
+    sde = check_score_model(model).sde
     if "schedule" in sampler_options:
-        raise ValueError("fit_grid chooses the schedule itself; do not pass schedule=")
+        raise InputValueError("fit_grid chooses the schedule itself; do not pass schedule=")
     chosen = get(sampler, **sampler_options)
     if chosen.adaptive or chosen.is_stochastic():
-        raise ValueError(f"fit_grid needs a deterministic fixed-step sampler; {sampler!r} is "
+        raise InputValueError(f"fit_grid needs a deterministic fixed-step sampler; {sampler!r} is "
                          f"{'adaptive' if chosen.adaptive else 'stochastic'}")
     check_int("nfe", nfe, minimum=1)
-    steps = steps_for_nfe(chosen, nfe)
     check_float("t_end", t_end, 0.0, sde.T, low_open=True, high_open=True)
+    fit = chosen.steps_within(nfe, sde, t_end)
+    if fit is None or fit[1] != nfe:
+        raise InputValueError(f"sampler {sampler!r} has no step count costing exactly nfe = {nfe} "
+                         "network calls; choose another nfe")
+    steps = fit[0]
     check_choice("init", init, ("best", *GRIDS))
     check_int("iterations", iterations, minimum=0)
     check_float("trim", trim, 0.0, 0.5, high_open=True)
     if pilot is None:
         if shape is None:
-            raise ValueError("give the pilot batch: pilot=x_T, or shape=(batch, ...) and generator")
+            raise InputValueError("give the pilot batch: pilot=x_T, or shape=(batch, ...) and generator")
         pilot = sde.prior_sample(tuple(shape), generator=generator, dtype=torch.float64)
-    check_tensor("pilot", pilot)
-    if pilot.dim() < 2:
-        raise ValueError(f"pilot must have shape (batch, ...), got {tuple(pilot.shape)}")
+    check_batch("pilot", pilot)
 
     nfe_before = model.nfe
-    reference = sample(model, x_T=pilot, sampler="ode", rtol=REFERENCE_TOL, atol=REFERENCE_TOL,
-                       t_end=t_end, denoise=False)
+    ode = get("ode", rtol=REFERENCE_TOL, atol=REFERENCE_TOL)
+    reference = ode.solve(model, pilot, ode.grid(sde, None, t_end)).x
     runs = 0
 
     keep = pilot.shape[0] - int(trim * pilot.shape[0])     # samples the objective keeps
@@ -214,8 +214,7 @@ def fit_grid(model: ScoreModel, sampler: str = "dpm_solver++", nfe: int = 10,
         nonlocal runs
         runs += 1
         try:
-            x = sample(model, x_T=pilot, sampler=sampler, steps=steps, schedule=times,
-                       t_end=t_end, denoise=False, **sampler_options)
+            x = chosen.solve(model, pilot, times).x
         except (ValueError, NumericalError):    # a degenerate candidate grid: not a minimum
             return math.inf, math.inf
         sq = (x.double() - reference.double()).reshape(x.shape[0], -1).pow(2).sum(1)

@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from ..checks import check_choice, check_int
+from ..checks import InputValueError, check_choice, check_int
 from ..utils import as_time
 
 #: Karras et al. (2022), eq. 5 and Table 1: rho = 7.
@@ -74,7 +74,7 @@ def _rho_grid(sde, steps: int, t_end: float, sigma_max: float, sigma_min: float,
 
 
 def _sigma_range(sde, t_end: float) -> tuple[float, float]:
-    sigma_max, sigma_min = torch.exp(-sde.log_snr(_endpoints(sde, t_end))).tolist()
+    sigma_max, sigma_min = sde.sigma_over_alpha(_endpoints(sde, t_end)).tolist()
     return sigma_max, sigma_min
 
 
@@ -101,13 +101,13 @@ def check_grid(ts: torch.Tensor, sde, t_end: float) -> torch.Tensor:
     decreasing."""
     ts = as_time(ts).to(torch.float64).flatten()
     if ts.numel() < 2:
-        raise ValueError(f"an explicit time grid needs at least 2 points, got {ts.numel()}")
+        raise InputValueError(f"an explicit time grid needs at least 2 points, got {ts.numel()}")
     if not bool((ts[1:] < ts[:-1]).all()):
-        raise ValueError("an explicit time grid must be strictly decreasing (from T to t_end)")
+        raise InputValueError("an explicit time grid must be strictly decreasing (from T to t_end)")
     # float32 grids are accepted: endpoints within float32 precision are pinned exactly
     if not (math.isclose(float(ts[0]), sde.T, rel_tol=1e-6)
             and math.isclose(float(ts[-1]), t_end, rel_tol=1e-6)):
-        raise ValueError(f"an explicit time grid must run from T = {sde.T} to t_end = {t_end}, "
+        raise InputValueError(f"an explicit time grid must run from T = {sde.T} to t_end = {t_end}, "
                          f"got {float(ts[0]):.6g} .. {float(ts[-1]):.6g}")
     return _pin(ts.clone(), sde, t_end)
 

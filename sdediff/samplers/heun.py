@@ -21,9 +21,10 @@ One deviation: ``s^`` is capped at ``s(T)`` so the network is never asked about 
 path's normalised increment over ``[t_{i+1}, t_i]`` (a stochastic configuration only, i.e.
 ``s_churn > 0``). ``s_tmin``, ``s_tmax`` are in ``s = sigma/alpha`` units, like EDM's.
 
-Order 2 (deterministic; the final Euler step's ``O(h^2)`` error matches it), measured on every
-process. Default grid ``karras`` (rho = 7 in ``s``, EDM's eq. 5). ``x``: ``(B, ...)``, any dtype;
-coefficients float64.
+Order 2 (deterministic; the final Euler step's ``O(h^2)`` error matches it), asserted on the
+VP, cosine VP and VE processes by ``tests/test_fast_solvers.py`` (measurements:
+``docs/samplers.md``, 'Observed orders of the fast solvers'). Default grid ``karras`` (rho = 7
+in ``s``, EDM's eq. 5). ``x``: ``(B, ...)``, any dtype; coefficients float64.
 """
 
 from __future__ import annotations
@@ -67,8 +68,7 @@ class Heun(Sampler):
         sde = model.sde
         o = self.options
         N = ts.numel() - 1
-        alpha, s = sde.alpha_sigma(ts)
-        s = s / alpha                                              # s_i = sigma_i / alpha_i
+        alpha, s = sde.alpha(ts), sde.sigma_over_alpha(ts)         # s_i = sigma_i / alpha_i
         in_range = (s >= o["s_tmin"]) & (s <= o["s_tmax"])
         gamma = torch.where(in_range, min(o["s_churn"] / N, MAX_GAMMA), 0.0)
         s_hat = torch.minimum(s * (1 + gamma), s[0])               # capped at s(T)

@@ -13,8 +13,10 @@ i.e. ``x_{i+1} = (alpha_{i+1}/alpha_i) x_i + alpha_{i+1} (s_{i+1} - s_i) sum_j w
 the DDIM coefficient times the AB combination (the form used here, so the state keeps its scale).
 The weights ignore the grid's varying step, as in the reference: on a non-uniform grid the
 method is formally second order for ``order >= 2`` (the step-size variation enters the local
-error at ``O(h^3)``; measured: 2.0 from 160-640 steps on ``karras``), though the ``order = 4``
-default is much more accurate than the second-order solvers at 10-20 calls.
+error at ``O(h^3)``; ``tests/test_fast_solvers.py`` asserts order 2 on ``karras`` from 160-640
+steps), though the ``order = 4`` default is much more accurate than the second-order solvers at
+few calls (measurements: ``docs/samplers.md``, 'Observed orders of the fast solvers' and
+'Accuracy at few steps').
 
 Default grid ``karras`` (rho = 7 in ``s``): Zhou et al. 2024 ("Fast ODE-based Sampling for
 Diffusion Models in Around 5 Steps", diff-solvers) rerun iPNDM on EDM checkpoints with EDM's
@@ -36,6 +38,7 @@ from .expint import IPNDM_AB
 @register("ipndm")
 class IPNDM(Sampler):
     family = "ipndm"
+    reversible = True            # the update holds for either direction of time: encodes
     order = 2                     # formal order on the non-uniform grids it is used with
     default_steps = 10
     defaults = {"schedule": "karras", "order": 4}
@@ -48,9 +51,8 @@ class IPNDM(Sampler):
         check_int("order", self.options["order"], minimum=1, maximum=max(IPNDM_AB))
 
     def run(self, model, x, ts, noise, observe):
-        alpha, sigma = model.sde.alpha_sigma(ts)
-        s = (sigma / alpha).tolist()
-        alpha = alpha.tolist()
+        s = model.sde.sigma_over_alpha(ts).tolist()                # s_i = sigma_i / alpha_i
+        alpha = model.sde.alpha(ts).tolist()
         order = self.options["order"]
         eps = []                                               # eps_i, eps_{i-1}, ... newest first
         for i in range(ts.numel() - 1):

@@ -10,11 +10,12 @@ integrates in decreasing time itself). The whole batch ``(B, ...)`` is one state
 ``odeint`` call; the drift's coefficients ``f``, ``g^2`` are computed in float64.
 
 ``method`` picks a torchdiffeq solver from :data:`METHODS` (order and network calls per step as
-data, checked against torchdiffeq's own ``SOLVERS`` dict):
+data, kept here and tested against torchdiffeq's public ``odeint``: each runs, reaches its order
+and makes the declared calls):
 
 - **adaptive** (``dopri5`` default, ``dopri8``, ``bosh3``, ``fehlberg2``, ``adaptive_heun``):
   embedded Runge-Kutta pairs with error control by ``rtol``/``atol`` over ``[T, t_end]``; the
-  ``steps`` argument is ignored and ``nfe(steps)`` is ``None``: the count is measured, never
+  sampler refuses ``steps`` and ``nfe(steps)`` is ``None``: the count is measured, never
   estimated. The step sizes are shared by the batch (one error norm over all samples), so the NFE
   of a sample depends on the batch it was drawn with.
 - **fixed-step** (``euler``, ``midpoint``, ``heun2``, ``heun3``, ``rk4``, ``explicit_adams``,
@@ -28,9 +29,16 @@ processes). ``explicit_adams`` takes ``ADAMS_WARMUP`` RK4 steps (4 calls each) b
 history, then one call per step. ``implicit_adams`` iterates its corrector until ``rtol``/``atol``
 are met, so its NFE is measured. torchdiffeq's Adams weights assume equal steps: on the
 ``uniform`` grid they reach their order, on any other grid the step-ratio error leaves order 2
-(measured 2.0 on ``logsnr``), and the instance declares that.
+(``docs/samplers.md``), and the instance declares that.
 
 ``scipy_solver`` (numpy, its own ``solver=`` option) and the alias ``fixed_adams`` are left out.
+
+This module is the only caller of torchdiffeq: :meth:`ProbabilityFlowODE.integrate` is the one
+helper, used by the sampler's ``run`` and by :func:`sdediff.ode.log_likelihood` for its augmented
+``(state, delta log p)`` system (:meth:`ProbabilityFlowODE.solve_augmented`). With
+``adjoint=True`` it goes through ``torchdiffeq.odeint_adjoint``: the solve keeps gradients with
+respect to the input and the network's parameters at memory constant in the number of steps.
+The sampler is reversible (torchdiffeq integrates in either direction), so it also encodes.
 """
 
 from __future__ import annotations
@@ -38,10 +46,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torchdiffeq import odeint
-from torchdiffeq._impl.odeint import SOLVERS as TORCHDIFFEQ_SOLVERS
+from torchdiffeq import odeint, odeint_adjoint
 
-from ..checks import NumericalError, check_choice, check_float, check_options
+from ..checks import NumericalError, check_bool, check_choice, check_float, check_options
 from . import register
 from .base import Sampler
 
@@ -57,20 +64,18 @@ class Method(NamedTuple):
 
 #: torchdiffeq methods offered (torchdiffeq ``_impl/*.py`` tableaux and ``fixed_grid.py``).
 METHODS = {
-    name: method for name, method in {
-        "dopri5": Method(order=5, adaptive=True, calls=None),     # Dormand-Prince 5(4)
-        "dopri8": Method(order=8, adaptive=True, calls=None),     # Dormand-Prince 8(7)
-        "bosh3": Method(order=3, adaptive=True, calls=None),      # Bogacki-Shampine 3(2)
-        "fehlberg2": Method(order=2, adaptive=True, calls=None),  # Runge-Kutta-Fehlberg 2(1)
-        "adaptive_heun": Method(order=2, adaptive=True, calls=None),
-        "euler": Method(order=1, adaptive=False, calls=1),
-        "midpoint": Method(order=2, adaptive=False, calls=2),
-        "heun2": Method(order=2, adaptive=False, calls=2),
-        "heun3": Method(order=3, adaptive=False, calls=3),
-        "rk4": Method(order=4, adaptive=False, calls=4),          # the 3/8 rule
-        "explicit_adams": Method(order=4, adaptive=False, calls=1),  # Adams-Bashforth 4
-        "implicit_adams": Method(order=5, adaptive=False, calls=None),  # + Adams-Moulton 5
-    }.items() if name in TORCHDIFFEQ_SOLVERS
+    "dopri5": Method(order=5, adaptive=True, calls=None),     # Dormand-Prince 5(4)
+    "dopri8": Method(order=8, adaptive=True, calls=None),     # Dormand-Prince 8(7)
+    "bosh3": Method(order=3, adaptive=True, calls=None),      # Bogacki-Shampine 3(2)
+    "fehlberg2": Method(order=2, adaptive=True, calls=None),  # Runge-Kutta-Fehlberg 2(1)
+    "adaptive_heun": Method(order=2, adaptive=True, calls=None),
+    "euler": Method(order=1, adaptive=False, calls=1),
+    "midpoint": Method(order=2, adaptive=False, calls=2),
+    "heun2": Method(order=2, adaptive=False, calls=2),
+    "heun3": Method(order=3, adaptive=False, calls=3),
+    "rk4": Method(order=4, adaptive=False, calls=4),          # the 3/8 rule
+    "explicit_adams": Method(order=4, adaptive=False, calls=1),  # Adams-Bashforth 4
+    "implicit_adams": Method(order=5, adaptive=False, calls=None),  # + Adams-Moulton 5
 }
 
 #: torchdiffeq's Adams ``max_order`` (history length + 1): Adams-Bashforth 4 / Adams-Moulton 5.
@@ -83,13 +88,23 @@ ADAMS_UNEQUAL_STEPS_ORDER = 2
 ADAMS = ("explicit_adams", "implicit_adams")
 
 
+def adjoint_params(model) -> tuple:
+    """The network's trainable parameters: what ``odeint_adjoint`` differentiates besides the
+    input (none for a plain function)."""
+    net = model.net
+    return tuple(p for p in net.parameters() if p.requires_grad) \
+        if isinstance(net, torch.nn.Module) else ()
+
+
 @register("ode")
 class ProbabilityFlowODE(Sampler):
     family = "ode"
     order = METHODS["dopri5"].order       # of the default method; instances declare their own
     adaptive = True
+    reversible = True
     default_steps = 100
-    defaults = {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5, "schedule": "uniform"}
+    defaults = {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5, "schedule": "uniform",
+                "adjoint": False}
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -102,15 +117,21 @@ class ProbabilityFlowODE(Sampler):
         # an option this method would ignore is refused: schedule sets the fixed grid, rtol/atol
         # the adaptive steps (and implicit_adams' corrector)
         if self.adaptive:
-            used = ("method", "rtol", "atol")
+            used = ("method", "rtol", "atol", "adjoint")
         else:
-            used = ("method", "schedule") + (("rtol", "atol") if name == "implicit_adams" else ())
+            used = ("method", "schedule", "adjoint") + (
+                ("rtol", "atol") if name == "implicit_adams" else ())
         check_options(f"sampler 'ode' with method {name!r}", options, used)
 
     def check_options(self):
         check_choice("method", self.options["method"], METHODS)
         check_float("rtol", self.options["rtol"], 0.0, None, low_open=True)
         check_float("atol", self.options["atol"], 0.0, None, low_open=True)
+        check_bool("adjoint", self.options["adjoint"])
+
+    @property
+    def differentiable(self) -> bool:
+        return self.options["adjoint"]
 
     def nfe(self, steps):
         name = self.options["method"]
@@ -122,30 +143,57 @@ class ProbabilityFlowODE(Sampler):
             return METHODS["rk4"].calls * warmup + calls * (steps - warmup)
         return calls * steps
 
-    def grid(self, sde, steps, t_end):
-        if self.adaptive:
-            return torch.tensor([sde.T, t_end], dtype=torch.float64)
-        return super().grid(sde, steps, t_end)
+    def integrate(self, func, y0, ts: torch.Tensor, params: tuple = ()):
+        """torchdiffeq on ``dy/dt = func(t, y)`` (``y`` a tensor or a tuple of tensors) from
+        ``ts[0]`` through every time of ``ts`` (either direction), with this sampler's method,
+        tolerances and per-method options; returns the solution at every time of ``ts``. With
+        ``adjoint=True``, ``odeint_adjoint`` differentiating ``params`` as well. A breakdown (step
+        underflow, non-finite state: torchdiffeq's ``AssertionError``) becomes
+        :class:`~sdediff.checks.NumericalError`."""
+        name = self.options["method"]
+        if self.adaptive:   # end each solve exactly on its last time: an overshoot past T (or
+            options = {"step_t": ts[-1:]}   # below t_end) would call the model outside [0, T]
+            backward = {"step_t": ts[:1]}   # the adjoint pass runs ts backwards (a step_t at
+        else:                               # its start would clip its first step to zero)
+            options = backward = {"max_order": ADAMS_MAX_ORDER} if name in ADAMS else {}
+        kwargs = {"method": name, "rtol": self.options["rtol"], "atol": self.options["atol"],
+                  "options": options}
+        try:
+            if self.options["adjoint"]:
+                return odeint_adjoint(func, y0, ts, adjoint_params=params,
+                                      adjoint_options=backward, **kwargs)
+            return odeint(func, y0, ts, **kwargs)
+        except AssertionError as error:
+            raise NumericalError(
+                f"torchdiffeq method {name!r} broke down ({error}); check that the model's output "
+                "is finite, loosen rtol/atol, or use a fixed-step method (method='rk4', steps=...)"
+            ) from error
 
     def run(self, model, x, ts, noise, observe):
         sde = model.sde
 
         def drift(t, x):                                   # dx/dt = f x - g^2 score / 2
+            observe.at(t)
             return sde.reverse_drift(model, x, t.to(torch.float64), probability_flow=True)
 
-        name = self.options["method"]
-        if self.adaptive:  # ts = [T, t_end]; step_t clips the last step onto t_end (an overshoot
-            options = {"step_t": ts[-1:]}   # would evaluate the model at t < 0)
-        else:              # torchdiffeq steps exactly from one grid time to the next
-            options = {"max_order": ADAMS_MAX_ORDER} if name in ADAMS else {}
-        try:
-            xs = odeint(drift, x, ts, method=name, rtol=self.options["rtol"],
-                        atol=self.options["atol"], options=options)
-        except AssertionError as error:   # torchdiffeq's step underflow, max_num_steps, non-finite y
-            raise NumericalError(
-                f"torchdiffeq method {name!r} broke down ({error}); check that the model's output is "
-                "finite, loosen rtol/atol, or use a fixed-step method (method='rk4', steps=...)"
-            ) from error
+        xs = self.integrate(drift, x, ts, adjoint_params(model))
         for i in range(1, xs.shape[0]):
             observe(i, xs[i])
         return xs[-1]
+
+    def solve_augmented(self, model, func, state: tuple, ts: torch.Tensor, *,
+                        progress: bool = False, desc: str = "likelihood"):
+        """Integrate an augmented system ``d state/dt = func(t, state)`` whose first entry is
+        the probability-flow state (the likelihood's ``(x, delta log p)``) along ``ts``, with
+        the bookkeeping of :meth:`~sdediff.samplers.base.Sampler.solve`. Returns the state at
+        ``ts[-1]`` and the :class:`~sdediff.samplers.base.Observer` (``nfe``, ``seconds``)."""
+        self._check_times(model.sde, ts)
+        with self.observing(model, ts, state[0], progress=progress, desc=desc) as observe:
+            def timed(t, y):
+                observe.at(t)
+                return func(t, y)
+
+            ys = self.integrate(timed, state, ts, adjoint_params(model))
+            for i in range(1, ts.numel()):
+                observe(i, ys[0][i])
+        return tuple(y[-1] for y in ys), observe

@@ -35,10 +35,8 @@ from .base import Sampler
 def reverse_diffusion_coefficients(sde, ts: torch.Tensor):
     """Per-step ``(f_i, G_i)`` of the forward transitions on the grid ``ts`` (float64, length N)."""
     log_alpha = torch.log(sde.alpha(ts))
-    sigma = sde.alpha_sigma(ts)[1]
-    lam = sde.log_snr(ts)
     f = torch.expm1(log_alpha[:-1] - log_alpha[1:])                 # alpha_i / alpha_{i+1} - 1
-    G = sigma[:-1] * torch.sqrt(-torch.expm1(-2 * (lam[1:] - lam[:-1])))
+    G = sde.transition_stds(ts)[0]                                  # the forward transition's std
     return f, G
 
 

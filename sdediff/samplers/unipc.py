@@ -25,21 +25,23 @@ also caps it at ``steps - i`` (:func:`~sdediff.samplers.expint.step_orders`). No
 the last step (it would cost one more call): the result is the last predictor's ``x~_N``.
 
 Order: UniC raises UniP-p's order to ``p + 1`` (Zhao et al. 2023, sec. 3), so the sampler's
-declared global order is ``order + 1``: measured 3.0 for the default ``order=2`` from 80-320
-steps on every process (20-80 steps read 2.1-2.6: the corrector's input comes from the
-lower-order predictor, whose error enters at full weight near ``t_end`` until ``h`` is small).
-For ``order=3`` the first-order warm-up step (UniP-1 + UniC-1, local error ``O(h^3)``) and the
-first-order last step take over beyond ~80 steps: 4.0-4.6 from 20-80 steps with
-``lower_order_final=False``. One network call per step, the first at ``T``. ``x``: ``(B, ...)``,
-any dtype; ``logsnr`` grid by default.
+declared global order is ``order + 1``. It shows once ``h`` is small: before that, the
+corrector's input comes from the lower-order predictor, whose error enters at full weight near
+``t_end``, and the observed order is lower. For ``order=3`` the first-order warm-up step
+(UniP-1 + UniC-1, local error ``O(h^3)``) and the first-order last step take over at many steps,
+so its order shows only at moderate step counts, with ``lower_order_final=False``.
+``tests/test_fast_solvers.py`` asserts the observed order on the VP, cosine VP and VE processes:
+within 0.3 of 3 for ``order=2`` from 80-320 steps, and between 3.7 and 4.7 for ``order=3``
+without lower-order final steps from 20-80 steps (measurements: ``docs/samplers.md``, 'Observed
+orders of the fast solvers'). One network call per step, the first at ``T``. ``x``:
+``(B, ...)``, any dtype; ``logsnr`` grid by default.
 """
 
 from __future__ import annotations
 
-from ..checks import check_choice, check_int
+from ..checks import check_bool, check_choice, check_int
 from . import register
 from .base import Sampler
-from .dpm_solver_pp import check_bool
 from .expint import UNIPC_B, step_orders, unipc_weights
 
 
@@ -67,6 +69,7 @@ def unipc_coefficients(sde, ts, order: int, variant: str, lower_order_final: boo
 @register("unipc")
 class UniPC(Sampler):
     family = "unipc"
+    reversible = True            # the update holds for either direction of time: encodes
     order = 3                     # of the default (order=2): UniC adds one; instances declare their own
     default_steps = 20
     defaults = {"schedule": "logsnr", "order": 2, "variant": "bh2", "lower_order_final": True}
@@ -87,13 +90,17 @@ class UniPC(Sampler):
         keep = self.options["order"]
         D = [model.x0(x, ts[0])]                            # D_0 = x0_theta(x_T, T)
         for i, (a, predictor, corrector) in enumerate(coefficients):
-            x_pred = a * x + sum(c * D_j for c, D_j in zip(predictor, D, strict=False))  # UniP
+            a_x = a * x                                     # shared by UniP and UniC
+            x_pred = a_x
+            for c, D_j in zip(predictor, D, strict=False):  # one fused op per term, no temporary
+                x_pred = x_pred.add(D_j, alpha=c)           # UniP
             if corrector is None:                           # last step: no corrector
                 x = x_pred
             else:
                 D_next = model.x0(x_pred, ts[i + 1])        # D_{i+1} at the predicted point
-                x = a * x + corrector[0] * D_next + sum(
-                    c * D_j for c, D_j in zip(corrector[1:], D, strict=False))           # UniC
+                x = a_x.add(D_next, alpha=corrector[0])
+                for c, D_j in zip(corrector[1:], D, strict=False):
+                    x = x.add(D_j, alpha=c)                 # UniC
                 D = ([D_next] + D)[:keep]
             observe(i + 1, x)
         return x

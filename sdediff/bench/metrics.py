@@ -1,9 +1,15 @@
-"""Sample-quality metrics that need no download.
+"""Sample-quality metrics that need no download; every one takes batches ``(n, ...)`` and
+flattens each sample, so the same function serves 2-D points and 8x8 images.
 
+- :func:`rms`: the RMS distance per sample ``sqrt(mean_b |a_b - b_b|^2)`` between paired batches,
+  e.g. a sampler's endpoints and the exact ones from the same ``x_T`` (the accuracy tests and every
+  benchmark's error);
 - :func:`energy_distance`: the squared energy distance ``2 E|X - Y| - E|X - X'| - E|Y - Y'|``
   (Szekely & Rizzo), zero iff the distributions agree; any dimension.
 - :func:`two_sample_floor`: the energy distance between two independent sets drawn from the same
-  distribution, the value a perfect sampler scores at that sample size (printed beside results).
+  distribution, the value a perfect sampler scores at that sample size (printed beside results);
+- :func:`frechet_distance`: the FID formula between Gaussian fits, in any feature space (the
+  digits' classifier features: :mod:`sdediff.bench.digit_features`).
 """
 
 from __future__ import annotations
@@ -12,9 +18,17 @@ from collections.abc import Callable
 
 import torch
 
+from ..checks import InputValueError
+
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.detach().double().reshape(x.shape[0], -1)
+
+
+def rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    """RMS distance per sample between paired batches ``a`` and ``b`` of one shape ``(B, ...)``:
+    ``sqrt(mean_b |a_b - b_b|^2)`` (in float64)."""
+    return float((_flat(a) - _flat(b)).pow(2).sum(1).mean().sqrt())
 
 
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -42,10 +56,10 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     """
     x, y = _flat(x), _flat(y)
     if x.shape[1] != y.shape[1]:
-        raise ValueError(f"frechet_distance needs rows of one size, got {tuple(x.shape)} and "
+        raise InputValueError(f"frechet_distance needs rows of one size, got {tuple(x.shape)} and "
                          f"{tuple(y.shape)}")
     if min(len(x), len(y)) < 2:
-        raise ValueError("frechet_distance needs at least 2 rows in each set")
+        raise InputValueError("frechet_distance needs at least 2 rows in each set")
     mu_x, mu_y = x.mean(0), y.mean(0)
     cov_x, cov_y = torch.cov(x.T).reshape(x.shape[1], -1), torch.cov(y.T).reshape(y.shape[1], -1)
     w, v = torch.linalg.eigh(cov_x)

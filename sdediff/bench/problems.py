@@ -2,13 +2,18 @@
 
 A :class:`~sdediff.score.GaussianMixture` has the exact score of every noised marginal, so a
 sampler driven by it has no model error: what remains is the solver's own. This module is the one
-home of the problems the tests and the benchmarks share and of the scipy reference solution.
+home of the problems the tests and the benchmarks share (``tests/exact.py``,
+``benchmarks/bench_fast_solvers.py``, ``benchmarks/sampler_quality.py``, the sweeps of
+:mod:`sdediff.bench.sweep`) and of the scipy reference solution.
 
 Problems (:data:`PROBLEMS`, name -> constructor; all float64, weights ``linspace(1, 2)``):
 
 - ``gmm2d``: 8 components of std 0.15 on the ring of radius 1.5;
 - ``gmm64``: 64-D, 10 components of std 0.15 with means uniform in ``[-1.5, 1.5]^64`` drawn
-  with seed :data:`GMM64_SEED` (the problem of ``benchmarks/bench_fast_solvers.py``).
+  with seed :data:`GMM64_SEED`.
+
+:func:`ring_means` alone gives the ring for mixtures with other weights (equal ones in
+``benchmarks/sampler_quality.py``).
 
 **The exact probability flow.** In ``y = x / alpha`` and ``s = sigma / alpha`` (EDM's
 ``x~`` and ``sigma~``; Karras et al. 2022, sec. 4) the probability-flow ODE of every Gaussian
@@ -22,7 +27,7 @@ where ``eps_s`` is the noise prediction of the data convolved with ``N(0, s^2 I)
 A process enters only through the end points ``s(t)`` and the factor ``alpha``. So one function,
 :func:`pf_flow`, gives the continuous processes' reference (:func:`exact_pf_solve`,
 :func:`exact_pf_endpoint`) and the reference of a discrete-schedule solver that runs in ``s``
-down to ``s = 0`` (diffusers' schedulers, in :mod:`sdediff.bench`). It is integrated by scipy's
+down to ``s = 0`` (diffusers' schedulers, in :mod:`sdediff.bench.peers`). It is integrated by scipy's
 DOP853, independent of sdediff's own solvers.
 """
 
@@ -34,9 +39,10 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from .checks import check_choice, check_float, check_int
-from .score import GaussianMixture
-from .sde import ForwardProcess
+from ..checks import check_choice, check_float, check_int
+from ..data import ring_means as data_ring_means
+from ..score import GaussianMixture
+from ..sde import ForwardProcess
 
 #: Radius of the ring of means in 2-D and half-width of the cube of means in higher dimension.
 SPREAD = 1.5
@@ -48,6 +54,13 @@ GMM64_SEED = 1
 REFERENCE_TOL = 1e-10
 
 
+def ring_means(components: int = 8, radius: float = SPREAD) -> torch.Tensor:
+    """``(components, 2)`` float64 means evenly spaced on the circle of ``radius``, the first at
+    angle 0: ``radius * (cos 2 pi k/K, sin 2 pi k/K)``."""
+    check_int("components", components, minimum=1)
+    return data_ring_means(components, radius, dtype=torch.float64)
+
+
 def ring_mixture(dim: int = 2, components: int = 8, std: float = STD, seed: int = 0
                  ) -> GaussianMixture:
     """``components`` Gaussians of std ``std``, weights ``linspace(1, 2)``: on the ring of radius
@@ -55,8 +68,7 @@ def ring_mixture(dim: int = 2, components: int = 8, std: float = STD, seed: int 
     check_int("dim", dim, minimum=1)
     check_int("components", components, minimum=1)
     if dim == 2:
-        angles = torch.arange(components, dtype=torch.float64) * (2 * math.pi / components)
-        means = SPREAD * torch.stack([angles.cos(), angles.sin()], dim=1)
+        means = ring_means(components)
     else:
         g = torch.Generator().manual_seed(seed)
         means = 2 * SPREAD * torch.rand(components, dim, generator=g, dtype=torch.float64) - SPREAD
@@ -160,4 +172,4 @@ def marginal_sample(gmm: GaussianMixture, sde: ForwardProcess, t: float, n: int,
 
 __all__ = ["GMM64_SEED", "PROBLEMS", "REFERENCE_TOL", "exact_pf_endpoint", "exact_pf_solve",
            "get_problem", "gmm2d", "gmm64", "marginal_sample", "noise_eps", "noisy_sample",
-           "pf_flow", "ring_mixture"]
+           "pf_flow", "ring_means", "ring_mixture"]

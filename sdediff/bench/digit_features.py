@@ -11,15 +11,15 @@ seen):
 
 trained by :func:`train_digit_classifier` (Adam, cross-entropy, :data:`EPOCHS` epochs of
 batches of 64, seeded). Its weights ship with the package (``pretrained/digit_classifier``,
-150 kB), so every user measures in the same space; ``python -m sdediff.digit_features`` retrains
-and rewrites them (a few seconds on a CPU). Held-out accuracy is printed by that command and
-checked by the tests.
+150 kB), so every user measures in the same space; ``python -m sdediff.bench.digit_features``
+retrains and rewrites them (a few seconds on a CPU). Held-out accuracy is printed by that command
+and checked by the tests.
 
 - :func:`digit_features`: the 64-D features of images ``(N, 1, 8, 8)`` in ``[-1, 1]``;
 - :func:`class_histogram`: the fraction of images per predicted class (class coverage);
-- :func:`digits_frechet`: the Fréchet distance (:func:`sdediff.metrics.frechet_distance`) between
-  images and the held-out split in this feature space, with the real-vs-real floor (as many
-  training digits against the held-out split) beside it.
+- :func:`digits_frechet`: the Fréchet distance (:func:`sdediff.bench.metrics.frechet_distance`)
+  between images and the held-out split in this feature space, with the real-vs-real floor (as
+  many training digits against the held-out split) beside it.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checks import check_batch, check_int
+from ..checks import InputValueError, check_batch, check_int
 from .metrics import frechet_distance
 
-#: Where the shipped classifier lives (inside the package).
-WEIGHTS = Path(__file__).resolve().parent / "pretrained" / "digit_classifier.safetensors"
+#: Where the shipped classifier lives: with the package's other weights, in ``sdediff/pretrained``.
+WEIGHTS = Path(__file__).resolve().parents[1] / "pretrained" / "digit_classifier.safetensors"
 EPOCHS, BATCH_SIZE, LEARNING_RATE, SEED = 40, 64, 2e-3, 0
 FEATURES = 64
 DIGIT_SHAPE = (1, 8, 8)
@@ -61,7 +61,7 @@ class DigitClassifier(nn.Module):
 
 def train_digit_classifier(seed: int = SEED, epochs: int = EPOCHS) -> DigitClassifier:
     """The classifier trained on the digits' training split (deterministic for a seed)."""
-    from .data import load_digits
+    from ..data import load_digits
 
     check_int("epochs", epochs, minimum=1)
     data = load_digits()
@@ -101,7 +101,7 @@ def load_digit_classifier() -> DigitClassifier:
 def _check_digits(x: torch.Tensor) -> torch.Tensor:
     check_batch("images", x)
     if tuple(x.shape[1:]) != DIGIT_SHAPE:
-        raise ValueError(f"images must have shape (N, 1, 8, 8) in [-1, 1] (the digits), got "
+        raise InputValueError(f"images must have shape (N, 1, 8, 8) in [-1, 1] (the digits), got "
                          f"{tuple(x.shape)}")
     return x.float().clamp(-1, 1)
 
@@ -143,7 +143,7 @@ def digits_frechet(x: torch.Tensor, seed: int = 0) -> DigitsQuality:
     """Fréchet distance of digits ``x`` to the held-out split in classifier features, with the
     floor from ``len(x)`` training digits (drawn without replacement with ``seed``; all of them,
     1437, when ``x`` has more)."""
-    from .data import load_digits
+    from ..data import load_digits
 
     data = load_digits()
     held_out = digit_features(data.test)
@@ -156,7 +156,7 @@ def digits_frechet(x: torch.Tensor, seed: int = 0) -> DigitsQuality:
 
 
 def held_out_accuracy(net: DigitClassifier) -> float:
-    from .data import load_digits
+    from ..data import load_digits
 
     data = load_digits()
     with torch.no_grad():

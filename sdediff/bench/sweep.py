@@ -1,0 +1,285 @@
+"""Running a sweep: every sampler by NFE budget against exact answers (``sdediff bench`` and
+``benchmarks/bench_samplers.py`` both call :func:`run_bench`).
+
+**Problems.** ``gmm2d`` and ``gmm64`` (:mod:`sdediff.bench.problems`) under the linear VP process,
+with the mixture's exact score, so every error is the sampler's own; ``digits``: a trained
+checkpoint on the 8x8 digits. Which runs make the sweep, and how a budget becomes a step count:
+:mod:`sdediff.bench.plan`.
+
+**Metrics** (one row per metric, :mod:`sdediff.bench.report`; ``seconds`` is the sampler's wall
+time per sample):
+
+- ``rms_error`` (deterministic samplers, mixtures): RMS distance per sample,
+  ``sqrt(mean_b |x_b - x*_b|^2)`` (:func:`~sdediff.bench.metrics.rms`), between the endpoint at
+  ``t_end = 1e-3`` (``denoise=False``) and the exact probability-flow endpoint ``x*`` from the
+  same ``x_T`` (:func:`~sdediff.bench.problems.exact_pf_endpoint`, scipy DOP853 at 1e-10), over
+  the first :data:`RMS_BATCH` samples;
+- ``energy_distance`` (every sampler, mixtures): to as many exact samples of the marginal the
+  sampler targets (``p_{t_end}``), with the two-sample floor (two exact sets of that size, mean of 5)
+  in ``floor``;
+- ``frechet_distance`` (digits): Fréchet distance in the 64-D features of a small digit classifier
+  (:mod:`sdediff.bench.digit_features`) between ``num`` generated digits (``denoise=True``,
+  clipped to the data range) and the held-out split; ``floor`` is the same distance from ``num``
+  training digits to the held-out split (real against real).
+
+The diffusers peers (mixtures, when ``diffusers`` is installed) run beside the sdediff samplers
+from the same ``x_T``, each against its own exact reference: :mod:`sdediff.bench.peers`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import samplers as registry
+from ..checks import InputValueError, check_choice, check_float, check_int
+from ..sde import VPSDE
+from . import peers as diffusers_peers  # a module: tests switch diffusers off in it
+from .metrics import energy_distance, rms, two_sample_floor
+from .plan import DEFAULT_NFE, TOLERANCES, Task, parse_list, plan, resolve_samplers
+from .problems import PROBLEMS, exact_pf_endpoint, noisy_sample, pf_flow
+from .report import BenchResult, write_results
+
+#: Every problem ``--problem`` accepts.
+PROBLEM_NAMES = (*PROBLEMS, "digits")
+#: Where the mixtures' samplers stop (``denoise=False``), as the accuracy tests.
+T_END = 1e-3
+#: Samples whose endpoints are compared with the scipy reference (it integrates them jointly).
+RMS_BATCH = 256
+#: Samples per run (energy distance, Fréchet distance).
+DEFAULT_NUM = {"gmm2d": 2000, "gmm64": 2000, "digits": 500}
+#: The digits sweep is small by default: a U-Net on a CPU.
+DIGITS_DEFAULTS = {"samplers": ("ddim", "dpm_solver++", "unipc", "ipndm", "heun",
+                                "euler_maruyama"), "nfe": (10, 20, 50)}
+
+
+def _row(problem, task: Task, nfe, metric, value, floor, seconds, steps=None) -> dict:
+    return {"problem": problem, "sampler": task.sampler, "source": task.source,
+            "options": dict(task.options), "budget": task.budget,
+            "steps": task.steps if steps is None else steps, "nfe": int(nfe), "metric": metric,
+            "value": float(value), "floor": None if floor is None else float(floor),
+            "seconds": float(seconds)}
+
+
+def _check_finite(x: torch.Tensor, label: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(f"{label} returned non-finite samples")
+
+
+def _label(task: Task) -> str:
+    if task.budget is None:
+        return f"{task.sampler} tol {task.options['rtol']:g}"
+    return f"{task.sampler} @ {task.budget}"
+
+
+def _sweep_mixture(problem, tasks, num, seed, bar, notes) -> list[dict]:
+    gmm, sde = PROBLEMS[problem](), VPSDE()
+    dim = gmm.dim
+    x_T = sde.prior_sample((num, dim), generator=torch.Generator().manual_seed(seed),
+                           dtype=torch.float64)
+    n_rms = min(RMS_BATCH, num)
+    targets: dict = {}
+
+    def target(s: float, scale: float):
+        """Exact samples and the two-sample floor of ``scale * (x_0 + s eps)`` (cached)."""
+        key = (round(s, 12), round(scale, 12))
+        if key not in targets:
+            draw = lambda n, g: noisy_sample(gmm, n, s, scale, generator=g)  # noqa: E731
+            targets[key] = (draw(num, torch.Generator().manual_seed(seed + 1)),
+                            two_sample_floor(draw, num, seed=seed + 2))
+        return targets[key]
+
+    ours_reference = None
+    peer_references: dict = {}
+    rows = []
+    for task in tasks:
+        bar.set_postfix_str(_label(task))
+        try:
+            if task.source == "sdediff":
+                sampler = registry.get(task.sampler)
+                deterministic = not sampler.is_stochastic()
+                if deterministic and ours_reference is None:
+                    ours_reference = exact_pf_endpoint(gmm, sde, x_T[:n_rms], T_END)
+                r = registry.sample(gmm.score_model(sde), x_T=x_T, sampler=task.sampler,
+                                    steps=task.steps, t_end=T_END, denoise=False,
+                                    generator=torch.Generator().manual_seed(seed + 3),
+                                    return_info=True, **task.options)
+                x, nfe, seconds = r.x, r.nfe, r.seconds
+                reference = ours_reference
+                s_end = math.exp(-float(sde.log_snr(torch.tensor(T_END, dtype=torch.float64))))
+                scale = float(sde.alpha(torch.tensor(T_END, dtype=torch.float64)))
+            else:
+                deterministic = True
+                x, nfe, seconds, (y0, s0, s_end, scale) = diffusers_peers.run_peer(
+                    task.sampler, task.steps, gmm, x_T)
+                key = (float(y0.reshape(-1)[0]), s0, s_end, scale)   # same start, same end
+                if key not in peer_references:
+                    peer_references[key] = scale * pf_flow(gmm, y0[:n_rms], s0, s_end)
+                reference = peer_references[key]
+            _check_finite(x, _label(task))
+        except (ValueError, RuntimeError, FloatingPointError, IndexError) as err:
+            notes.append(f"{_label(task)}: failed ({str(err).splitlines()[0]})")
+            bar.update(1)
+            continue
+        per_sample = seconds / num
+        if deterministic:
+            rows.append(_row(problem, task, nfe, "rms_error", rms(x[:n_rms], reference), None,
+                             per_sample))
+        exact, floor = target(s_end, scale)
+        rows.append(_row(problem, task, nfe, "energy_distance", energy_distance(x, exact), floor,
+                         per_sample))
+        bar.update(1)
+    return rows
+
+
+def _sweep_digits(tasks, num, seed, checkpoint, bar, notes) -> tuple[list[dict], dict]:
+    from ..checkpoint import load_model
+    from ..data import load_dataset
+    from .digit_features import digits_frechet
+
+    model, config = load_model(checkpoint)
+    name = config.get("data", {}).get("name")
+    if name != "digits":
+        raise InputValueError(f"problem 'digits' needs a checkpoint trained on digits; {str(checkpoint)!r} "
+                         f"was trained on {name!r}")
+    data = load_dataset("digits")
+    low, high = data.data_range
+    if num > len(data.train):
+        raise InputValueError(f"--num {num} exceeds the {len(data.train)} training digits the floor "
+                         "is drawn from")
+    x_T = model.sde.prior_sample((num, *data.shape), generator=torch.Generator().manual_seed(seed))
+    rows, grids = [], {}
+    for task in tasks:
+        bar.set_postfix_str(_label(task))
+        try:
+            r = registry.sample(model, x_T=x_T, sampler=task.sampler, steps=task.steps,
+                                generator=torch.Generator().manual_seed(seed + 3),
+                                return_info=True, **task.options)
+            _check_finite(r.x, _label(task))
+        except (ValueError, RuntimeError, FloatingPointError) as err:
+            notes.append(f"{_label(task)}: failed ({str(err).splitlines()[0]})")
+            bar.update(1)
+            continue
+        x = r.x.clamp(low, high)
+        quality = digits_frechet(x, seed=seed)       # classifier features; floor: real vs real
+        rows.append(_row("digits", task, r.nfe, "frechet_distance", quality.frechet,
+                         quality.floor, r.seconds / num))
+        grids[task.sampler] = (r.nfe, x[:10])      # the last (largest) budget's samples
+        bar.update(1)
+    return rows, grids
+
+
+@dataclass
+class DigitsRun:
+    """One sampler at one NFE budget on a digits model: ``x`` are the samples clamped to the
+    digits' range ``[-1, 1]``, ``quality`` their
+    :class:`~sdediff.bench.digit_features.DigitsQuality`."""
+
+    sampler: str
+    budget: int
+    steps: int
+    result: registry.SampleResult
+    x: torch.Tensor
+    quality: object
+
+
+def digits_by_budget(model, x_T: torch.Tensor, samplers: Sequence[str], budgets: Sequence[int],
+                     seed: int = 1):
+    """Yield a :class:`DigitsRun` for each sampler at each budget, all from the same ``x_T``: the
+    most steps whose NFE, the final denoise included, fits the budget
+    (:meth:`~sdediff.samplers.base.Sampler.steps_within`); budgets no step count fits are left
+    out. The samplers' noise is seeded with ``seed``."""
+    from .digit_features import digits_frechet
+
+    for name in samplers:
+        sampler = registry.get(name)
+        for budget in budgets:
+            fit = sampler.steps_within(budget, model.sde, T_END, reserve=1)
+            if fit is None:
+                continue
+            r = registry.sample(model, x_T=x_T, sampler=name, steps=fit[0],
+                                generator=torch.Generator().manual_seed(seed), return_info=True)
+            x = r.x.clamp(-1, 1)
+            yield DigitsRun(name, budget, fit[0], r, x, digits_frechet(x))
+
+
+def run_bench(problem: str, samplers: str | Sequence[str] = "all",
+              nfe: str | Sequence[int] | None = None,
+              tolerances: str | Sequence[float] = TOLERANCES, num: int | None = None,
+              checkpoint: str | Path | None = None, out: str | Path | None = None, seed: int = 0,
+              progress: bool = True, command: str | None = None) -> BenchResult:
+    """Run the sweep on ``problem`` and (with ``out``) write its files; see the module docstring.
+
+    ``samplers``: ``"all"`` (every registered sampler and, on the mixtures, the diffusers peers),
+    ``"sdediff"``, ``"peers"`` or names, comma-separated. ``nfe``: the budgets (default
+    :data:`DEFAULT_NFE`; digits: 10, 20, 50). ``num``: samples per run.
+    """
+    check_choice("problem", problem, PROBLEM_NAMES)
+    digits = problem == "digits"
+    if digits and samplers == "all" and nfe is None:
+        samplers = DIGITS_DEFAULTS["samplers"]
+    budgets = parse_list(DIGITS_DEFAULTS["nfe"] if digits and nfe is None else
+                         DEFAULT_NFE if nfe is None else nfe, "--nfe")
+    tolerances = parse_list(tolerances, "--tols", kind=float)
+    for tol in tolerances:
+        check_float("tolerance", tol, 0.0, 1.0, low_open=True)
+    num = check_int("--num", DEFAULT_NUM[problem] if num is None else num, minimum=2)
+    ours, peers = resolve_samplers(samplers)
+    notes = []
+    if peers and digits:
+        notes.append("diffusers peers run on the exact mixtures only: skipped on digits")
+        peers = []
+    if peers and not diffusers_peers.diffusers_available():
+        notes.append(f"diffusers is not installed: the peers ({', '.join(peers)}) are skipped; "
+                     f"{diffusers_peers.PIP_EXTRA}")
+        peers = []
+    if digits:   # a bad checkpoint fails here, before any output or progress bar
+        from ..checkpoint import resolve_checkpoint
+        from ..pretrained import default_checkpoint
+
+        checkpoint = resolve_checkpoint(default_checkpoint() if checkpoint is None else checkpoint)
+    sde = VPSDE()
+    tasks, skipped = plan(ours, peers, budgets, tolerances, sde, T_END, reserve=1 if digits else 0)
+    notes += skipped
+    meta = {"problem": problem, "num": num, "seed": seed, "budgets": budgets,
+            "tolerances": tolerances, "t_end": T_END, "rms_batch": min(RMS_BATCH, num),
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+            "command": command or " ".join(sys.argv), "python": platform.python_version(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": f"{platform.machine()} {os.cpu_count()} cores",
+            "load_average_start": _load_average(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if peers:
+        import diffusers
+
+        meta["diffusers"] = diffusers.__version__
+    start = time.perf_counter()
+    grids = {}
+    with tqdm(total=len(tasks), desc=f"bench {problem}", disable=not progress,
+              dynamic_ncols=True) as bar:
+        if digits:
+            rows, grids = _sweep_digits(tasks, num, seed, checkpoint, bar, notes)
+        else:
+            rows = _sweep_mixture(problem, tasks, num, seed, bar, notes)
+    meta["seconds"] = round(time.perf_counter() - start, 1)
+    meta["load_average_end"] = _load_average()
+    result = BenchResult(problem, rows, notes, meta)
+    if out is not None:
+        result.files = write_results(result, Path(out), grids)
+    return result
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
