@@ -178,34 +178,39 @@ def test_the_method_list_matches_torchdiffeqs_public_behaviour():
         return -y
 
     for name, method in METHODS.items():
-
+        options = {"max_order": 5} if name.endswith("adams") else {}
+        if method.adaptive:                            # error control: one solve over [0, 1]
+            y = torchdiffeq.odeint(f, y0, torch.tensor([0.0, 1.0], dtype=torch.float64),
+                                   method=name, rtol=1e-6, atol=1e-6, options=options)
+            assert float((y[-1] - math.exp(-1)).abs()) < 1e-4, name
+            continue
         errors = []
         for n in (32, 64):
             calls[0] = 0
             ts = torch.linspace(0, 1, n + 1, dtype=torch.float64)
-            options = {"max_order": 5} if name.endswith("adams") else {}
-            y = torchdiffeq.odeint(f, y0, ts, method=name, rtol=1e-10, atol=1e-10, options=options)
+            y = torchdiffeq.odeint(f, y0, ts, method=name, options=options)
             errors.append(float((y[-1] - math.exp(-1)).abs()))
-            if method.calls is not None and name != "explicit_adams":
+            if method.calls is not None and name != "explicit_adams":   # RK4 warm-up: 4 calls
                 assert calls[0] == method.calls * n, (name, calls[0])
-        if not method.adaptive and name != "implicit_adams":
-            observed = math.log2(errors[0] / errors[1])
-            assert abs(observed - method.order) < 0.5, (name, observed)
-        else:
-            assert errors[-1] < 1e-5, (name, errors)    # error control at rtol = atol = 1e-10
+        if method.calls is None:                       # implicit_adams: corrector iterations
+            assert errors[-1] < 1e-8, (name, errors)
+            continue
+        observed = math.log2(errors[0] / errors[1])
+        assert abs(observed - method.order) < 0.5, (name, observed)
     with pytest.raises(ValueError, match=r"Invalid method"):
         torchdiffeq.odeint(lambda t, y: -y, y0, torch.tensor([0.0, 1.0]), method="rk45")
 
 
 def test_one_caller_of_torchdiffeq():
-    """Only samplers/ode.py calls odeint; nothing imports torchdiffeq's private modules."""
-    callers = []
+    """Only samplers/ode.py imports torchdiffeq (its one helper calls odeint or odeint_adjoint);
+    nothing imports torchdiffeq's private modules."""
+    importers = []
     for path in (ROOT / "sdediff").rglob("*.py"):
         text = path.read_text()
         assert "torchdiffeq._impl" not in text, path
-        if re.search(r"\bodeint(_adjoint)?\(", text):
-            callers.append(path.relative_to(ROOT).as_posix())
-    assert callers == ["sdediff/samplers/ode.py"]
+        if re.search(r"^\s*(from|import) torchdiffeq\b", text, re.MULTILINE):
+            importers.append(path.relative_to(ROOT).as_posix())
+    assert importers == ["sdediff/samplers/ode.py"]
 
 
 # --------------------------------------------------------------------------- no side effects

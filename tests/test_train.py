@@ -9,13 +9,12 @@ from safetensors.torch import load_file
 
 import sdediff as sd
 from sdediff.checkpoint import load_model, resolve_checkpoint
+from sdediff.data import ring_means
 from sdediff.nets import MLP
 
 
 def ring_mixture():
-    angles = torch.arange(4, dtype=torch.float64) * (torch.pi / 2)
-    means = 1.2 * torch.stack([angles.cos(), angles.sin()], dim=1)
-    return sd.GaussianMixture(means, 0.3)
+    return sd.GaussianMixture(ring_means(4, 1.2, torch.float64), 0.3)
 
 
 def eps_relative_error(model, exact, gmm, sde, times, n=4000):

@@ -156,13 +156,11 @@ class ProbabilityFlowODE(Sampler):
             backward = {"step_t": ts[:1]}   # the adjoint pass runs ts backwards (a step_t at
         else:                               # its start would clip its first step to zero)
             options = backward = {"max_order": ADAMS_MAX_ORDER} if name in ADAMS else {}
-        kwargs = {"method": name, "rtol": self.options["rtol"], "atol": self.options["atol"],
-                  "options": options}
+        solver, extra = ((odeint_adjoint, {"adjoint_params": params, "adjoint_options": backward})
+                         if self.options["adjoint"] else (odeint, {}))
         try:
-            if self.options["adjoint"]:
-                return odeint_adjoint(func, y0, ts, adjoint_params=params,
-                                      adjoint_options=backward, **kwargs)
-            return odeint(func, y0, ts, **kwargs)
+            return solver(func, y0, ts, method=name, rtol=self.options["rtol"],
+                          atol=self.options["atol"], options=options, **extra)
         except AssertionError as error:
             raise NumericalError(
                 f"torchdiffeq method {name!r} broke down ({error}); check that the model's output "
