@@ -169,7 +169,7 @@ def resolve_checkpoint(path) -> Path:
         name = latest.read_text().strip()
         if not _FOLDER.fullmatch(name):  # never follow a path out of the run directory
             raise InputValueError(f"{str(latest)!r} names {name!r}; expected a folder name like "
-                             "'step-00001000' (the file is corrupt)")
+                                  "'step-00001000' (the file is corrupt)")
         for folder in (latest.parent / name, latest.parent / f".old-{name}"):
             if (folder / CONFIG_FILE).is_file():
                 return folder
@@ -186,10 +186,10 @@ def read_config(folder: Path) -> dict:
         config = json.loads(file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputValueError(f"checkpoint config {str(file)!r} is not valid JSON ({err}); the file is "
-                         "truncated or corrupt") from err
+                              "truncated or corrupt") from err
     if not isinstance(config, dict):
         raise InputValueError(f"checkpoint config {str(file)!r} holds a {type(config).__name__}; "
-                         "expected a JSON object")
+                              "expected a JSON object")
     version = config.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
         raise InputValueError(
@@ -199,7 +199,7 @@ def read_config(folder: Path) -> dict:
     missing = [k for k in ("step", "net", "sde", "prediction") if k not in config]
     if missing:
         raise InputValueError(f"checkpoint config {str(file)!r} lacks {', '.join(missing)}; the file "
-                         "is corrupt or not written by sdediff")
+                              "is corrupt or not written by sdediff")
     return config
 
 
@@ -211,7 +211,7 @@ def _verify(file: Path, config: dict | None) -> None:
     expected = (config or {}).get("sha256", {}).get(file.name)
     if expected is not None and _sha256(file) != expected:
         raise InputValueError(f"checkpoint file {str(file)!r} does not match the SHA-256 recorded in "
-                         f"its {CONFIG_FILE}; the file is truncated or corrupt")
+                              f"its {CONFIG_FILE}; the file is truncated or corrupt")
 
 
 def load_weights(module: torch.nn.Module, file: Path, config: dict | None = None) -> None:
@@ -225,7 +225,7 @@ def load_weights(module: torch.nn.Module, file: Path, config: dict | None = None
         state = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as err:
         raise InputValueError(f"cannot read {str(file)!r} as safetensors weights ({err}); the file is "
-                         "truncated, corrupt or not a safetensors file") from err
+                              "truncated, corrupt or not a safetensors file") from err
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -242,7 +242,7 @@ def load_weights(module: torch.nn.Module, file: Path, config: dict | None = None
                          f"{tuple(own[k].shape)}")
         name = getattr(module, "config", {}).get("name", type(module).__name__)
         raise InputValueError(f"weights in {str(file)!r} do not fit the network {name!r} described by "
-                         f"the config: {'; '.join(parts)}")
+                              f"the config: {'; '.join(parts)}")
     module.load_state_dict(state, strict=True)
 
 
@@ -255,13 +255,13 @@ def load_optimizer_state(file: Path, config: dict | None = None, map_location=No
         state = torch.load(file, weights_only=True, map_location=map_location)
     except pickle.UnpicklingError as err:
         raise InputValueError(f"refusing to load {str(file)!r}: it holds objects other than tensors "
-                         "and plain containers, which weights_only loading never runs") from err
+                              "and plain containers, which weights_only loading never runs") from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise InputValueError(f"cannot read {str(file)!r} as an optimizer state ({err}); the file is "
-                         "truncated or corrupt") from err
+                              "truncated or corrupt") from err
     if not isinstance(state, dict) or not {"state", "param_groups"} <= set(state):
         raise InputValueError(f"{str(file)!r} holds no optimizer state dict (keys 'state' and "
-                         "'param_groups')")
+                              "'param_groups')")
     return state
 
 

@@ -71,8 +71,8 @@ def check_score_model(model: Any):
 
     if not isinstance(model, ScoreModel):
         raise InputTypeError(f"model must be a sdediff.ScoreModel, got {type(model).__name__}; wrap a "
-                        "network with ScoreModel(net, sde) or a function with "
-                        "ScoreModel.from_fn(score_fn, sde)")
+                             "network with ScoreModel(net, sde) or a function with "
+                             "ScoreModel.from_fn(score_fn, sde)")
     return model
 
 
@@ -163,7 +163,7 @@ def check_batch(what: str, x: Any) -> torch.Tensor:
     check_tensor(what, x)
     if x.dim() < 2:
         raise InputValueError(f"{what} must have shape (batch, ...), got {tuple(x.shape)}; add a batch "
-                         f"dimension (e.g. {what}[None])")
+                              f"dimension (e.g. {what}[None])")
     if x.shape[0] == 0 or x[0].numel() == 0:
         raise InputValueError(f"{what} is empty (shape {tuple(x.shape)}); give at least one example")
     return x

@@ -93,11 +93,11 @@ class Dataset:
         check_tensor("test", self.test)
         if self.train.shape[1:] != self.test.shape[1:]:
             raise InputValueError(f"train examples have shape {tuple(self.train.shape[1:])} but test "
-                             f"examples {tuple(self.test.shape[1:])}; they must match")
+                                  f"examples {tuple(self.test.shape[1:])}; they must match")
         wanted = {"points": "(D,)", "images": "(C, H, W)"}[self.kind]
         if len(self.shape) != (1 if self.kind == "points" else 3):
             raise InputValueError(f"{self.kind!r} data need examples of shape {wanted}, "
-                             f"got {self.shape}")
+                                  f"got {self.shape}")
         if self.n_levels is not None:
             check_int("n_levels", self.n_levels, minimum=2)
 
@@ -245,7 +245,7 @@ def _from_array(name: str, x: np.ndarray, what: str) -> Dataset:
         data_range, n_levels = (float(data.min()), float(data.max())), None
     else:
         raise InputTypeError(f"{what} has dtype {x.dtype}; allowed: uint8 (scaled from [0, 255] to "
-                        "[-1, 1]) or a floating dtype (used as given)")
+                             "[-1, 1]) or a floating dtype (used as given)")
     if data.dim() == 3:
         data = data[:, None]
     elif data.dim() == 4 and data.shape[3] in (1, 3) and data.shape[1] not in (1, 3):
@@ -265,7 +265,7 @@ def load_npy(path: str | Path) -> Dataset:
         raise InputValueError(f"cannot read {str(path)!r} as a .npy array: {err}") from err
     if x.ndim not in (2, 3, 4) or 0 in x.shape[1:]:
         raise InputValueError(f"{what} has shape {x.shape}; allowed: (N, D) points, or (N, H, W), "
-                         "(N, C, H, W) or (N, H, W, C) images")
+                              "(N, C, H, W) or (N, H, W, C) images")
     return _from_array(str(path), x, what)
 
 
@@ -278,12 +278,12 @@ def _read_image(path: Path) -> np.ndarray:
             image.load()
             if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
                 raise InputValueError(f"image {str(path)!r} has mode {image.mode!r} (16-bit or float); "
-                                 "allowed: 8-bit grayscale or colour images")
+                                      "allowed: 8-bit grayscale or colour images")
             gray = image.mode in ("1", "L", "LA")
             pixels = np.asarray(image.convert("L" if gray else "RGB"), dtype=np.uint8)
     except (OSError, SyntaxError) as err:  # PIL reports broken files with either
         raise InputValueError(f"cannot read image {str(path)!r} ({err}); allowed: 8-bit grayscale or "
-                         "colour .png/.jpg/.jpeg files") from err
+                              "colour .png/.jpg/.jpeg files") from err
     return pixels[None] if gray else pixels.transpose(2, 0, 1)
 
 
@@ -300,8 +300,8 @@ def load_image_folder(folder: str | Path) -> Dataset:
             size = "x".join(map(str, images[-1].shape))
             first = "x".join(map(str, images[0].shape))
             raise InputValueError(f"image {path.name!r} in {str(folder)!r} is {size} (C x H x W) but "
-                             f"{files[0].name!r} is {first}; all images must have the same size "
-                             "and channels")
+                                  f"{files[0].name!r} is {first}; all images must have the same size "
+                                  "and channels")
     return _from_array(str(folder), np.stack(images), f"image folder {str(folder)!r}")
 
 
@@ -339,11 +339,11 @@ def _load_path(name_or_path: str) -> Dataset:
     if path.is_file():
         if path.suffix.lower() != ".npy":
             raise InputValueError(f"unsupported data file {str(name_or_path)!r}; allowed: "
-                             "a .npy file or a folder of .png/.jpg/.jpeg images")
+                                  "a .npy file or a folder of .png/.jpg/.jpeg images")
         return load_npy(name_or_path)
     if path.suffix or len(path.parts) > 1:  # meant as a path
         raise InputValueError(f"data path {str(name_or_path)!r} does not exist; allowed: "
-                         f"{', '.join(DATASETS)}, {_PATH_HINT}")
+                              f"{', '.join(DATASETS)}, {_PATH_HINT}")
     # Toy names and "digits" were taken before and _PATH_HINT has a suffix: this always raises.
     check_choice("data set", name_or_path, (*DATASETS, _PATH_HINT))
     raise AssertionError(f"unreachable for {name_or_path!r}")

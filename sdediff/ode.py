@@ -161,8 +161,8 @@ def dequantize(x: torch.Tensor, n_levels: int, data_range=(-1.0, 1.0),
     off = float((x.double() - (low + k * spacing)).abs().max())
     if off > 1e-3 * spacing or float(k.min()) < 0 or float(k.max()) > n_levels - 1:
         raise InputValueError(f"x is not on the grid of {n_levels} levels over [{low:g}, {high:g}] "
-                         f"(an entry is {off:.3g} off a level, or outside the range); dequantize "
-                         "discrete data only, with their own n_levels and data_range")
+                              f"(an entry is {off:.3g} off a level, or outside the range); dequantize "
+                              "discrete data only, with their own n_levels and data_range")
     u = torch.rand(x.shape, generator=generator, dtype=torch.float64,
                    device=generator.device if generator is not None else x.device)
     return (x.double() + width * (u.to(x.device) - 0.5)).to(x.dtype)
@@ -192,7 +192,7 @@ def _solver(model, sampler: str, steps, t_min, adjoint: bool, options: dict, for
     solver = samplers.get(sampler, **options)
     if solver.is_stochastic():
         raise InputValueError(f"sampler {sampler!r} is stochastic with these options; encoding and "
-                         "decoding need a deterministic one, e.g. 'ode' or 'ddim' (eta=0)")
+                              "decoding need a deterministic one, e.g. 'ode' or 'ddim' (eta=0)")
     ts = solver.grid(model.sde, steps, t_min)
     return model, solver, ts.flip(0) if forward else ts
 
@@ -295,7 +295,7 @@ def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hu
         given = [f"{k}={v!r}" for k, v in (("probes", probes), ("noise", noise)) if v is not None]
         if given:
             raise InputValueError(f"{', '.join(given)} given with divergence='exact', which draws no "
-                             "probes; use divergence='hutchinson'")
+                                  "probes; use divergence='hutchinson'")
         P = 1
     else:
         P = check_int("probes", 1 if probes is None else probes, minimum=1)

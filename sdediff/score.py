@@ -233,7 +233,7 @@ class GaussianMixture:
             stds = stds.reshape(K, -1)
         else:
             raise InputValueError(f"stds has shape {tuple(stds.shape)}; expected a number, ({K},) or "
-                             f"{tuple(means.shape)}")
+                                  f"{tuple(means.shape)}")
         if not bool((stds > 0).all()):
             raise InputValueError("stds must all be > 0")
         self.stds = stds.clone()

@@ -162,7 +162,7 @@ class Trainer:
             self.optimizer.load_state_dict(state)
         except (ValueError, KeyError, RuntimeError) as err:
             raise InputValueError(f"optimizer state in {str(folder / OPTIMIZER_FILE)!r} does not fit "
-                             f"the network described by the config ({err})") from err
+                                  f"the network described by the config ({err})") from err
         self.step = int(config["step"])
         if self.rank == 0:
             self._truncate_log(self.step)

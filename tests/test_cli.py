@@ -98,6 +98,7 @@ def test_demo_small(capsys, tmp_path):
         assert f"\n{name} " in report
 
 
+@pytest.mark.slow   # 45-90 s on 2 cores: `pytest -m slow`
 def test_demo_images_part_with_the_bundled_model(capsys, tmp_path, monkeypatch):
     from sdediff.cli import demo
 

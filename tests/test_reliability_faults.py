@@ -128,6 +128,7 @@ def loss_rows(out: Path) -> list[list[str]]:
         return [row[:3] for row in csv.reader(fh)]  # step, loss, lr (not the wall time)
 
 
+@pytest.mark.slow   # 45-90 s on 2 cores: `pytest -m slow`
 def test_sigkill_anywhere_then_resume_is_bit_for_bit(tmp_path, capsys):
     # The uninterrupted reference, in this process with the children's single thread.
     assert torch.get_num_threads() == 1

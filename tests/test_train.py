@@ -30,6 +30,7 @@ def eps_relative_error(model, exact, gmm, sde, times, n=4000):
     return sum(errors) / len(errors)
 
 
+@pytest.mark.slow   # 45-90 s on 2 cores: `pytest -m slow`
 def test_trained_mlp_matches_exact_eps(tmp_path):
     torch.manual_seed(0)
     sde, gmm = sd.VPSDE(), ring_mixture()

@@ -102,7 +102,7 @@ def _check_digits(x: torch.Tensor) -> torch.Tensor:
     check_batch("images", x)
     if tuple(x.shape[1:]) != DIGIT_SHAPE:
         raise InputValueError(f"images must have shape (N, 1, 8, 8) in [-1, 1] (the digits), got "
-                         f"{tuple(x.shape)}")
+                              f"{tuple(x.shape)}")
     return x.float().clamp(-1, 1)
 
 

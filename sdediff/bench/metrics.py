@@ -57,7 +57,7 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     x, y = _flat(x), _flat(y)
     if x.shape[1] != y.shape[1]:
         raise InputValueError(f"frechet_distance needs rows of one size, got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
+                              f"{tuple(y.shape)}")
     if min(len(x), len(y)) < 2:
         raise InputValueError("frechet_distance needs at least 2 rows in each set")
     mu_x, mu_y = x.mean(0), y.mean(0)

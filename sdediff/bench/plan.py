@@ -50,7 +50,7 @@ def parse_list(text: str | Sequence, what: str, kind=int) -> list:
             value = kind(item.strip()) if isinstance(item, str) else kind(item)
         except ValueError:
             raise InputValueError(f"{what} must be a comma-separated list of positive numbers "
-                             f"(e.g. 10,20,50), got {text!r}") from None
+                                  f"(e.g. 10,20,50), got {text!r}") from None
         if not value > 0 or (kind is float and not math.isfinite(value)):
             raise InputValueError(f"{what} must be positive, got {item!r} in {text!r}")
         values.append(value)

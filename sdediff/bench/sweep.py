@@ -150,12 +150,12 @@ def _sweep_digits(tasks, num, seed, checkpoint, bar, notes) -> tuple[list[dict],
     name = config.get("data", {}).get("name")
     if name != "digits":
         raise InputValueError(f"problem 'digits' needs a checkpoint trained on digits; {str(checkpoint)!r} "
-                         f"was trained on {name!r}")
+                              f"was trained on {name!r}")
     data = load_dataset("digits")
     low, high = data.data_range
     if num > len(data.train):
         raise InputValueError(f"--num {num} exceeds the {len(data.train)} training digits the floor "
-                         "is drawn from")
+                              "is drawn from")
     x_T = model.sde.prior_sample((num, *data.shape), generator=torch.Generator().manual_seed(seed))
     rows, grids = [], {}
     for task in tasks:

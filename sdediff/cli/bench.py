@@ -34,8 +34,11 @@ def add_parser(sub) -> None:
                    "schedulers) or comma-separated names (default all; digits: a small set)")
     p.add_argument("--nfe", help="comma-separated NFE budgets (default 5,10,20,50,100,200,1000; "
                    "digits: 10,20,50)")
+    from ..samplers import available, get
+
+    adaptive = ", ".join(name for name in available() if get(name).adaptive)
     p.add_argument("--tols", default="1e-2,1e-3,1e-4", help="rtol = atol of the adaptive "
-                   "samplers (ode, dpm_adaptive)")
+                   f"samplers ({adaptive})")
     p.add_argument("--checkpoint", help="run directory or checkpoint folder (problem digits; "
                    "default: the bundled digits model)")
     p.add_argument("--out", default="bench", help="output folder (default ./bench)")

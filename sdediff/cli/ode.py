@@ -39,7 +39,7 @@ def load_examples(data: str | None, input_path: str | None, num: int | None, con
 
     if (data is None) == (input_path is None):
         raise InputValueError("give exactly one of --input FILE|FOLDER and --data NAME (its held-out "
-                         "split)")
+                              "split)")
     if data is not None:
         dataset = load_dataset(data)
         x, what = dataset.test, f"{dataset.name} (held-out split)"
@@ -56,7 +56,7 @@ def load_examples(data: str | None, input_path: str | None, num: int | None, con
     shape = tuple(config["data"]["shape"])
     if tuple(x.shape[1:]) != shape:
         raise InputValueError(f"{what} holds examples of shape {tuple(x.shape[1:])} but the checkpoint "
-                         f"models {shape}")
+                              f"models {shape}")
     return x, what, dataset.n_levels, tuple(dataset.data_range)
 
 
@@ -136,7 +136,7 @@ def cmd_decode(args) -> int:
     shape = tuple(config["data"]["shape"])
     if z.dim() < 2 or tuple(z.shape[1:]) != shape:
         raise InputValueError(f"latents in {args.input!r} have shape {tuple(z.shape)}; the checkpoint "
-                         f"needs (N, {', '.join(map(str, shape))})")
+                              f"needs (N, {', '.join(map(str, shape))})")
     # the encoder's settings, so that decoding inverts it (same t_min); flags override them
     meta = json.loads(_sidecar(path).read_text()) if _sidecar(path).is_file() else {}
     if args.sampler is not None:   # another solver than the encoder's: none of its settings

@@ -24,11 +24,11 @@ def default_net(dataset, model: str):
     if model == "mlp":
         if dataset.kind != "points":
             raise InputValueError(f"model 'mlp' needs point data of shape (D,), got images of shape "
-                             f"{dataset.shape}; use --model unet")
+                                  f"{dataset.shape}; use --model unet")
         return MLP(data_dim=dataset.dim)
     if dataset.kind != "images":
         raise InputValueError(f"model 'unet' needs images (C, H, W), got points of shape "
-                         f"{dataset.shape}; use --model mlp")
+                              f"{dataset.shape}; use --model mlp")
     channels, size = dataset.shape[0], dataset.shape[-1]
     mult = (1, 2) if size <= 8 else (1, 2, 2) if size <= 16 else (1, 2, 2, 2)
     return UNet(in_channels=channels, image_size=size, base_channels=32 if size <= 8 else 64,
@@ -47,7 +47,7 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputValueError(f"--out {str(out)!r} is a file; allowed: a new directory, or a run "
-                         "directory to continue with --resume")
+                              "directory to continue with --resume")
     has_run = (out / "checkpoints" / "latest").is_file()
     if has_run and not args.resume:
         return fail(f"{str(out)!r} already holds a training run; pass --resume to continue it "
@@ -59,15 +59,15 @@ def cmd_train(args) -> int:
         saved = read_config(resolve_checkpoint(out))
         if list(saved.get("data", {}).get("shape", dataset.shape)) != list(dataset.shape):
             raise InputValueError(f"--data {args.data!r} has examples of shape {dataset.shape} but the run "
-                             f"in {str(out)!r} was trained on {saved['data'].get('name')!r} of "
-                             f"shape {tuple(saved['data']['shape'])}; resume with that data")
+                                  f"in {str(out)!r} was trained on {saved['data'].get('name')!r} of "
+                                  f"shape {tuple(saved['data']['shape'])}; resume with that data")
         train = saved["train"] | {k: v for k, v in (("steps", args.steps),
                                                      ("on_nonfinite", args.on_nonfinite))
                                   if v is not None}
         if train.get("steps", 0) < saved["step"]:
             raise InputValueError(f"--steps {train['steps']} is below the step of the checkpoint in "
-                             f"{str(out)!r}; allowed: >= {saved['step']} (the total, not the "
-                             "steps still to go)")
+                                  f"{str(out)!r}; allowed: >= {saved['step']} (the total, not the "
+                                  "steps still to go)")
         config = train_config_from(train)
         net, sde, prediction = (build_net(saved["net"]), sde_from_config(saved["sde"]),
                                 saved["prediction"])

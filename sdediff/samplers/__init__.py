@@ -33,7 +33,7 @@ def register(name: str):
             raise InputTypeError(f"register({name!r}) needs a Sampler subclass, got {cls!r}")
         if name in _REGISTRY:
             raise InputValueError(f"a sampler named {name!r} is already registered "
-                             f"({_REGISTRY[name].__module__}.{_REGISTRY[name].__name__})")
+                                  f"({_REGISTRY[name].__module__}.{_REGISTRY[name].__name__})")
         cls.name = name
         _REGISTRY[name] = cls
         return cls

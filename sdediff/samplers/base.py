@@ -91,6 +91,8 @@ class Observer:
         self.by_time = by_time
         self.done = 0
         self.steps = 0
+        #: Network calls and wall time of the integration, set when it ends (``Sampler.observing``).
+        self.nfe, self.seconds = 0, 0.0
         total = self.RESOLUTION if by_time else len(self.times) - 1
         self.bar = tqdm(total=total, disable=not progress, desc=desc, dynamic_ncols=True)
         self.trajectory = [x.detach().clone()] if keep_trajectory else None
@@ -208,7 +210,7 @@ class Sampler:
         check_int("budget", budget, minimum=1)
         if self.nfe(self.min_steps) is None:
             raise InputValueError(f"sampler {self.name!r} is adaptive: its network calls are measured, "
-                             "not chosen by steps; give it rtol/atol instead of an NFE budget")
+                                  "not chosen by steps; give it rtol/atol instead of an NFE budget")
         best = None
         steps = self.min_steps
         while self.nfe(steps) + reserve <= budget:
@@ -247,13 +249,13 @@ class Sampler:
             return
         if self.is_stochastic():
             raise InputValueError(f"sampler {self.name!r} is stochastic with these options; it cannot "
-                             "run forward in time (encoding): use a deterministic one, e.g. 'ode' "
-                             "or 'ddim' (eta=0)")
+                                  "run forward in time (encoding): use a deterministic one, e.g. 'ode' "
+                                  "or 'ddim' (eta=0)")
         if not self.reversible:
             from . import reversible
 
             raise InputValueError(f"sampler {self.name!r} cannot run forward in time (encoding); "
-                             f"allowed: {', '.join(reversible())}")
+                                  f"allowed: {', '.join(reversible())}")
 
     def solve(self, model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, *,
               generator: torch.Generator | None = None, denoise: bool = False,
@@ -305,7 +307,7 @@ class Sampler:
         steps = ts[1:] - ts[:-1]
         if not (bool((steps < 0).all()) or bool((steps > 0).all())):
             raise InputValueError("ts must be strictly monotone (decreasing to sample, increasing to "
-                             "encode)")
+                                  "encode)")
         lo, hi = float(ts.min()), float(ts.max())
         if not (0.0 < lo and hi <= sde.T):
             raise InputValueError(f"ts must lie in (0, T = {sde.T}], got {lo:.6g} .. {hi:.6g}")

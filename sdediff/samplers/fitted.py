@@ -184,13 +184,13 @@ def fit_grid(model: ScoreModel, sampler: str = "dpm_solver++", nfe: int = 10,
     chosen = get(sampler, **sampler_options)
     if chosen.adaptive or chosen.is_stochastic():
         raise InputValueError(f"fit_grid needs a deterministic fixed-step sampler; {sampler!r} is "
-                         f"{'adaptive' if chosen.adaptive else 'stochastic'}")
+                              f"{'adaptive' if chosen.adaptive else 'stochastic'}")
     check_int("nfe", nfe, minimum=1)
     check_float("t_end", t_end, 0.0, sde.T, low_open=True, high_open=True)
     fit = chosen.steps_within(nfe, sde, t_end)
     if fit is None or fit[1] != nfe:
         raise InputValueError(f"sampler {sampler!r} has no step count costing exactly nfe = {nfe} "
-                         "network calls; choose another nfe")
+                              "network calls; choose another nfe")
     steps = fit[0]
     check_choice("init", init, ("best", *GRIDS))
     check_int("iterations", iterations, minimum=0)

@@ -108,7 +108,7 @@ def check_grid(ts: torch.Tensor, sde, t_end: float) -> torch.Tensor:
     if not (math.isclose(float(ts[0]), sde.T, rel_tol=1e-6)
             and math.isclose(float(ts[-1]), t_end, rel_tol=1e-6)):
         raise InputValueError(f"an explicit time grid must run from T = {sde.T} to t_end = {t_end}, "
-                         f"got {float(ts[0]):.6g} .. {float(ts[-1]):.6g}")
+                              f"got {float(ts[0]):.6g} .. {float(ts[-1]):.6g}")
     return _pin(ts.clone(), sde, t_end)
 
 
