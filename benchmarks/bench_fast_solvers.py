@@ -92,8 +92,10 @@ def label(name: str, options: dict) -> str:
 
 
 def run_fixed(model, x_T, name, options, steps, schedule) -> tuple[torch.Tensor, int]:
-    result = sd.sample(model, x_T=x_T, sampler=name, steps=steps, schedule=schedule,
-                       t_end=T_END, denoise=False, return_info=True, **options)
+    """``name`` from ``x_T`` on its grid ``schedule`` (a named grid of ``steps`` steps, or the
+    times of a fitted grid) down to ``T_END``, no final denoise: ``Sampler.solve``."""
+    sampler = sd.samplers.get(name, schedule=schedule, **options)
+    result = sampler.solve(model, x_T, sampler.grid(model.sde, steps, T_END))
     return result.x, result.nfe
 
 
