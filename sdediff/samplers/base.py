@@ -90,7 +90,6 @@ class Observer:
         self.times = ts.tolist()
         self.by_time = by_time
         self.done = 0
-        self.steps = 0
         #: Network calls and wall time of the integration, set when it ends (``Sampler.observing``).
         self.nfe, self.seconds = 0, 0.0
         total = self.RESOLUTION if by_time else len(self.times) - 1
@@ -98,7 +97,6 @@ class Observer:
         self.trajectory = [x.detach().clone()] if keep_trajectory else None
 
     def __call__(self, i: int, x: torch.Tensor) -> None:
-        self.steps += 1
         if self.by_time:
             self.at(self.times[i])
         else:
