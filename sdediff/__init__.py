@@ -12,13 +12,14 @@ from .losses import dsm_loss
 from .ode import bits_per_dim, decode, encode, interpolate, log_likelihood
 from .samplers import sample
 from .score import PREDICTIONS, GaussianMixture, ScoreModel, convert_prediction
-from .sde import VESDE, VPSDE, DDPMChain, ForwardProcess, SubVPSDE
+from .sde import VESDE, VPSDE, DDPMChain, DiscreteVPSDE, ForwardProcess, SubVPSDE
 from .train import TrainConfig, Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DDPMChain",
+    "DiscreteVPSDE",
     "ForwardProcess",
     "GaussianMixture",
     "NumericalError",

@@ -269,9 +269,14 @@ def load_model(path, ema: bool = True, device=None, autocast=None) -> tuple[Scor
     """A :class:`ScoreModel` (EMA weights by default) and the config of the checkpoint at ``path``.
 
     ``autocast``: run the network under ``torch.autocast`` in this dtype (``"bfloat16"``), see
-    :class:`~sdediff.score.ScoreModel`.
+    :class:`~sdediff.score.ScoreModel`. A diffusers pipeline folder (``model_index.json``) is
+    read by :func:`sdediff.interop.load_pipeline` (its weights have no EMA copy).
     """
+    from . import interop
     from .nets import build_net  # networks are only needed when a model is rebuilt
+
+    if interop.is_pipeline(path):
+        return interop.load_pipeline(path, device=device, autocast=autocast)
 
     folder = resolve_checkpoint(path)
     config = read_config(folder)

@@ -93,7 +93,7 @@ class ScoreModel:
             raise InputTypeError(f"net must be callable as net(x, t), got {type(net).__name__}")
         if not isinstance(sde, ForwardProcess):
             raise InputTypeError(
-                f"sde must be a forward process (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}"
+                f"sde must be a forward process (VPSDE, SubVPSDE, VESDE, DiscreteVPSDE), got {type(sde).__name__}"
             )
         self.net = net
         self.sde = sde
@@ -111,6 +111,15 @@ class ScoreModel:
                 ) -> ScoreModel:
         """Wrap a plain callable ``score_fn(x, t) -> score`` (or another ``prediction``)."""
         return cls(score_fn, sde, prediction=prediction)
+
+    @classmethod
+    def from_diffusers(cls, unet, scheduler, autocast: str | None = None) -> ScoreModel:
+        """Wrap a diffusers ``UNet2DModel`` and its scheduler (or the scheduler's config): the
+        process is the scheduler's discrete chain (:class:`~sdediff.sde.DiscreteVPSDE`), the
+        prediction its ``prediction_type`` (:func:`sdediff.interop.from_diffusers`)."""
+        from .interop import from_diffusers
+
+        return from_diffusers(unet, scheduler, autocast=autocast)
 
     def predict(self, x: torch.Tensor, t, kind: str) -> torch.Tensor:
         """One network call, converted to ``kind``.

@@ -36,7 +36,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .checks import check_choice, check_float, check_int, check_options, check_tensor
+from .checks import (
+    InputValueError,
+    check_choice,
+    check_float,
+    check_int,
+    check_options,
+    check_tensor,
+)
 from .utils import as_time, batch_times, expand_like
 
 #: Cosine schedule end time: dpm-solver's choice, where alpha(T) = 8.4e-3 and lambda(T) = -4.78,
@@ -362,6 +369,181 @@ class VESDE(ForwardProcess):
         return {"name": self.name, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
 
+#: diffusers' named beta schedules (``beta_schedule=``) that :class:`DiscreteVPSDE` builds.
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def _squaredcos_betas(M: int, max_beta: float = 0.999) -> list[float]:
+    """Nichol & Dhariwal's cosine chain as diffusers' ``betas_for_alpha_bar`` builds it: with
+    ``abar(s) = cos^2((s + 0.008)/1.008 pi/2)``, ``beta_i = min(1 - abar((i+1)/M)/abar(i/M),
+    max_beta)``, in Python floats (float64)."""
+    def abar(s: float) -> float:
+        return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    return [min(1 - abar((i + 1) / M) / abar(i / M), max_beta) for i in range(M)]
+
+
+def diffusers_timestep(t: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
+    """The (fractional) timestep input of a network trained on an ``M``-step chain, at
+    continuous time ``t``: ``t M - 1``, so that index ``i`` sits at ``t_i = (i + 1)/M`` (``T = 1``
+    is index ``M - 1``; index 0 is ``t = 1/M``). The one home of this map
+    (:meth:`DiscreteVPSDE.model_time`, :class:`~sdediff.nets.DiffusersUNet`); computed in
+    float64 so that a grid time ``(i + 1)/M`` gives back exactly ``i`` in float32."""
+    return as_time(t).to(torch.float64) * num_train_timesteps - 1
+
+
+class DiscreteVPSDE(ForwardProcess):
+    """The variance-preserving process of a model trained on a discrete chain of ``M`` betas
+    (diffusers' ``DDPMScheduler``/``DDIMScheduler`` configs; Ho et al. 2020).
+
+    The chain gives ``abar_i = prod_{j <= i} (1 - beta_j)`` at the indices ``i = 0..M-1``; index
+    ``i`` is continuous time ``t_i = (i + 1)/M`` (:func:`diffusers_timestep`), so ``T = 1`` is the
+    last index. In between, ``log alpha`` is interpolated linearly in ``t`` through the nodes
+    ``(t_i, log abar_i / 2)`` (DPM-Solver's ``NoiseScheduleVP("discrete")``, Lu et al. 2022), and
+    below the first node towards ``(0, 0)`` (``abar = 1`` before the first beta, Ho et al.'s
+    convention; DPM-Solver extends the first segment instead, which puts ``alpha > 1`` and a NaN
+    ``sigma`` below ``t = 0.83/M`` for the linear chain, where training draws times). So
+    ``f = d log alpha/dt`` is the slope of the segment, ``g^2 = -2 f``,
+    ``sigma = sqrt(1 - alpha^2)``, and the inverse log-SNR is exact (the inverse of the same
+    piecewise-linear map). ``alpha = 1`` (diffusers' "final alpha") is not a
+    point of this process: a sampler's final denoise plays it.
+
+    Betas are built exactly as diffusers builds them (float32 ``torch.linspace``; the cosine chain
+    in float64 then float32; ``trained_betas`` as float32), and ``abar`` is their float32
+    cumulative product, cast to float64: then the process agrees with diffusers' tables at every
+    index. ``beta_schedule``: ``linear``, ``scaled_linear`` (``linspace`` of square roots,
+    squared) or ``squaredcos_cap_v2``; ``trained_betas`` (a list of ``M`` numbers in (0, 1))
+    overrides it. ``steps_offset`` is diffusers' offset of ``leading`` grids
+    (:mod:`sdediff.samplers.grids`).
+    """
+
+    name = "discrete"
+    variance_preserving = True
+
+    def __init__(self, beta_schedule: str = "linear", num_train_timesteps: int = 1000,
+                 beta_start: float = 1e-4, beta_end: float = 0.02, trained_betas=None,
+                 steps_offset: int = 0):
+        M = self.num_train_timesteps = check_int("num_train_timesteps", num_train_timesteps,
+                                                 minimum=2)
+        self.steps_offset = check_int("steps_offset", steps_offset, minimum=0)
+        self.beta_schedule = check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+        self.beta_start = check_float("beta_start", beta_start, 0.0, 1.0, low_open=True,
+                                      high_open=True)
+        self.beta_end = check_float("beta_end", beta_end, 0.0, 1.0, low_open=True, high_open=True)
+        if trained_betas is not None:
+            betas = torch.tensor([float(b) for b in trained_betas], dtype=torch.float32)
+            if betas.shape != (M,):
+                raise InputValueError(f"trained_betas has {betas.numel()} entries; "
+                                      f"num_train_timesteps = {M} needs {M}")
+        elif beta_schedule == "linear":
+            betas = torch.linspace(beta_start, beta_end, M, dtype=torch.float32)
+        elif beta_schedule == "scaled_linear":
+            betas = torch.linspace(beta_start**0.5, beta_end**0.5, M, dtype=torch.float32) ** 2
+        else:
+            betas = torch.tensor(_squaredcos_betas(M), dtype=torch.float32)
+        bad = torch.nonzero(~((betas > 0) & (betas < 1))).flatten()
+        if bad.numel():
+            i = int(bad[0])
+            raise InputValueError(
+                f"beta_{i} = {float(betas[i]):.6g}: every beta must lie in (0, 1) (a beta of 1, "
+                "e.g. a zero-terminal-SNR schedule, makes alpha(T) = 0 and the log-SNR infinite: "
+                "not supported)")
+        self.trained_betas = None if trained_betas is None else betas.tolist()
+        self.betas = betas
+        abar = torch.cumprod(1.0 - betas, dim=0).to(torch.float64)   # diffusers' float32 table
+        #: Interpolation nodes ``t_i = (i + 1)/M``, ``log alpha_i = log abar_i / 2`` (float64),
+        #: after the node ``(0, 0)``: ``abar = 1`` before the first beta, as in Ho et al.
+        self.nodes = torch.arange(0, M + 1, dtype=torch.float64) / M
+        self.node_log_alpha = torch.cat([torch.zeros(1, dtype=torch.float64), 0.5 * torch.log(abar)])
+        self.slopes = torch.diff(self.node_log_alpha) / torch.diff(self.nodes)
+        self.T = 1.0
+
+    @classmethod
+    def from_diffusers_config(cls, config) -> DiscreteVPSDE:
+        """The process of a diffusers scheduler config (a dict or ``scheduler.config``): the keys
+        ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``,
+        ``trained_betas``, ``steps_offset`` (diffusers' defaults where absent). A zero-terminal-SNR
+        rescale (``rescale_betas_zero_snr``) is refused."""
+        config = dict(config)
+        if config.get("rescale_betas_zero_snr"):
+            raise InputValueError("rescale_betas_zero_snr=True makes alpha(T) = 0 (infinite "
+                                  "log-SNR): not supported; supported: beta schedules linear, "
+                                  "scaled_linear, squaredcos_cap_v2 or trained_betas")
+        return cls(beta_schedule=config.get("beta_schedule", "linear"),
+                   num_train_timesteps=config.get("num_train_timesteps", 1000),
+                   beta_start=config.get("beta_start", 1e-4), beta_end=config.get("beta_end", 0.02),
+                   trained_betas=config.get("trained_betas"),
+                   steps_offset=config.get("steps_offset", 0) or 0)
+
+    def _segment(self, t: torch.Tensor) -> torch.Tensor:
+        """Index ``k`` of the segment ``[t_k, t_{k+1}]`` holding ``t`` (the end segments extend)."""
+        k = torch.searchsorted(self.nodes.to(t.device), t.to(torch.float64).contiguous(),
+                               right=True) - 1
+        return k.clamp(0, self.num_train_timesteps - 1)
+
+    def log_alpha(self, t):
+        t = as_time(t)
+        k = self._segment(t)
+        nodes, values, slopes = (v.to(t.device) for v in (self.nodes, self.node_log_alpha,
+                                                          self.slopes))
+        out = values[k] + slopes[k] * (t.to(torch.float64) - nodes[k])
+        return out.to(t.dtype)
+
+    def sigma(self, t):
+        return _vp_sigma(self.log_alpha(t))
+
+    def f(self, t):
+        t = as_time(t)
+        return self.slopes.to(t.device)[self._segment(t)].to(t.dtype)
+
+    def g2(self, t):
+        return -2 * self.f(t)           # VP: alpha^2 + sigma^2 = 1
+
+    def t_of_log_snr(self, lam):
+        lam = as_time(lam)
+        target = _vp_log_alpha_of_log_snr(lam).to(torch.float64)
+        # log alpha decreases along the nodes: search the negated (increasing) table
+        neg = (-self.node_log_alpha).to(lam.device)
+        k = (torch.searchsorted(neg, (-target).contiguous(), right=True) - 1).clamp(
+            0, self.num_train_timesteps - 1)
+        nodes, values, slopes = (v.to(lam.device) for v in (self.nodes, self.node_log_alpha,
+                                                            self.slopes))
+        return (nodes[k] + (target - values[k]) / slopes[k]).to(lam.dtype)
+
+    def model_time(self, t) -> torch.Tensor:
+        """The network's timestep input at time ``t``: :func:`diffusers_timestep`."""
+        return diffusers_timestep(t, self.num_train_timesteps)
+
+    def index_to_time(self, i) -> torch.Tensor:
+        """Continuous time ``(i + 1)/M`` of the 0-based chain index ``i`` (float64)."""
+        return (torch.as_tensor(i, dtype=torch.float64) + 1) / self.num_train_timesteps
+
+    def discretize(self, N: int) -> DDPMChain:
+        """For ``N = M``, the process's own chain (``abar`` at its nodes); otherwise the generic
+        rule of :meth:`ForwardProcess.discretize`."""
+        check_int("N", N, minimum=1)
+        if N == self.num_train_timesteps:
+            log_a, times = self.node_log_alpha, self.nodes[1:]
+        else:
+            edges = torch.arange(0, N + 1, dtype=torch.float64) / N
+            log_a, times = self.log_alpha(edges), edges[1:]
+        betas = (-torch.expm1(2 * (log_a[1:] - log_a[:-1]))).clamp(max=0.999)
+        return DDPMChain(betas=betas, times=times)
+
+    def config(self):
+        return {"name": self.name, "beta_schedule": self.beta_schedule,
+                "num_train_timesteps": self.num_train_timesteps, "beta_start": self.beta_start,
+                "beta_end": self.beta_end, "trained_betas": self.trained_betas,
+                "steps_offset": self.steps_offset}
+
+    def __repr__(self) -> str:
+        source = (f"trained_betas=<{self.num_train_timesteps}>" if self.trained_betas is not None
+                  else f"{self.beta_schedule!r}, beta_start={self.beta_start}, "
+                       f"beta_end={self.beta_end}")
+        return (f"DiscreteVPSDE({source}, num_train_timesteps={self.num_train_timesteps}"
+                + (f", steps_offset={self.steps_offset}" if self.steps_offset else "") + ")")
+
+
 @dataclass(frozen=True)
 class DDPMChain(Marginals):
     """A discrete DDPM chain: ``betas[i-1] = beta_i`` at continuous time ``times[i-1] = t_i``.
@@ -408,7 +590,7 @@ class DDPMChain(Marginals):
         return 0.5 * (log_abar - torch.log(-torch.expm1(log_abar)))
 
 
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "discrete": DiscreteVPSDE}
 
 
 def sde_from_config(config: dict) -> ForwardProcess:

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import sdediff as sd
-from sdediff.samplers.grids import EDM_SIGMA_MAX, GRIDS, KARRAS_RHO, make_grid
+from sdediff.samplers.grids import CONTINUOUS_GRIDS, EDM_SIGMA_MAX, KARRAS_RHO, make_grid
 
 PROCESSES = [sd.VPSDE(), sd.VPSDE("cosine"), sd.SubVPSDE(), sd.VESDE()]
 
 
 @pytest.mark.parametrize("sde", PROCESSES, ids=lambda s: repr(s)[:14])
-@pytest.mark.parametrize("name", list(GRIDS))
+@pytest.mark.parametrize("name", list(CONTINUOUS_GRIDS))
 @pytest.mark.parametrize("steps", [1, 2, 7, 50])
 def test_grid_endpoints_and_monotone(sde, name, steps):
     ts = make_grid(name, sde, steps, 1e-3)

@@ -1,6 +1,7 @@
 """Score networks ``net(x, t) -> tensor of x's shape``, and their rebuild from a config.
 
-``MLP`` serves low-dimensional data, ``UNet`` images. Each records its constructor arguments in
+``MLP`` serves low-dimensional data, ``UNet`` images; ``DiffusersUNet`` is diffusers'
+``UNet2DModel`` (optional: needs diffusers). Each records its constructor arguments in
 ``net.config`` (JSON-serialisable, with a ``"name"``), and :func:`build_net` turns such a dict
 back into the network, which is how a checkpoint is reloaded.
 """
@@ -12,13 +13,14 @@ import inspect
 from torch import nn
 
 from ..checks import check_choice, check_options
+from .diffusers_unet import DiffusersUNet
 from .embedding import TIME_SCALE, TimeEmbedding, sinusoidal_embedding
 from .mlp import MLP
 from .unet import UNet
 
-NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet}
+NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet, "diffusers_unet": DiffusersUNet}
 
-__all__ = ["MLP", "NETS", "TIME_SCALE", "TimeEmbedding", "UNet", "build_net",
+__all__ = ["DiffusersUNet", "MLP", "NETS", "TIME_SCALE", "TimeEmbedding", "UNet", "build_net",
            "sinusoidal_embedding"]
 
 

@@ -15,7 +15,7 @@ import torch
 from ..checks import InputTypeError, InputValueError, check_choice
 from ..score import ScoreModel
 from .base import Observer, Sampler, SampleResult
-from .grids import GRIDS, make_grid
+from .grids import CONTINUOUS_GRIDS, GRIDS, SPACINGS, make_grid
 
 _REGISTRY: dict[str, type[Sampler]] = {}
 
@@ -60,7 +60,8 @@ def reversible() -> list[str]:
 
 def sample(model: ScoreModel, shape=None, x_T: torch.Tensor | None = None,
            sampler: str = "ddim", steps: int | None = None,
-           generator: torch.Generator | None = None, t_end: float = 1e-3, denoise: bool = True,
+           generator: torch.Generator | None = None, t_end: float | None = None,
+           denoise: bool = True,
            return_info: bool = False, progress: bool = False, keep_trajectory: bool = False,
            dtype: torch.dtype = torch.float32, device=None, **options):
     """Generate samples with the sampler called ``sampler``.
@@ -85,5 +86,5 @@ def _discover() -> None:
 
 _discover()
 
-__all__ = ["GRIDS", "Observer", "SampleResult", "Sampler", "available", "get", "make_grid",
+__all__ = ["CONTINUOUS_GRIDS", "GRIDS", "SPACINGS", "Observer", "SampleResult", "Sampler", "available", "get", "make_grid",
            "register", "reversible", "sample"]

@@ -54,8 +54,11 @@ from ..checks import (
     check_shape,
 )
 from ..score import ScoreModel
-from .grids import GRIDS, check_grid, make_grid
+from .grids import GRIDS, SPACINGS, check_grid, make_grid
 from .noise import BrownianNoise
+
+#: Where generation stops when ``t_end`` is not given (design: sampling ends at ``1e-3``).
+T_END = 1e-3
 
 
 @dataclass
@@ -135,8 +138,9 @@ class Sampler:
     def __init__(self, **options):
         check_options(f"sampler {self.name!r}", options, self.defaults)
         self.options = {**self.defaults, **options}
-        if "schedule" in self.options and not isinstance(self.options["schedule"], torch.Tensor):
-            check_choice("schedule", self.options["schedule"], GRIDS)
+        schedule = self.options.get("schedule")
+        if schedule is not None and not isinstance(schedule, torch.Tensor):
+            check_choice("schedule", schedule, GRIDS)
         self.check_options()
 
     # --- per-sampler hooks ------------------------------------------------------------------
@@ -198,6 +202,18 @@ class Sampler:
         method = self.options.get("method")
         return "" if method is None else f" with method {method!r}"
 
+    def spacing(self) -> str | None:
+        """The diffusers spacing (``leading``, ``trailing``, ``linspace``) this sampler's grid
+        follows, or ``None``: such a grid's ``steps`` are its timesteps, ``steps - 1`` intervals
+        (:data:`~sdediff.samplers.grids.SPACINGS`)."""
+        schedule = self.options.get("schedule")
+        return schedule if isinstance(schedule, str) and schedule in SPACINGS else None
+
+    def calls(self, steps: int) -> int | None:
+        """Network calls of the solve (no final denoise) for ``steps``: :meth:`nfe` of the grid's
+        intervals, ``steps - 1`` on a diffusers spacing."""
+        return self.nfe(steps - 1 if self.spacing() else steps)
+
     def steps_within(self, budget: int, sde, t_end: float, reserve: int = 0
                      ) -> tuple[int, int] | None:
         """``(steps, nfe)``: the most steps whose exact cost ``nfe(steps) + reserve`` fits
@@ -210,14 +226,14 @@ class Sampler:
             raise InputValueError(f"sampler {self.name!r} is adaptive: its network calls are measured, "
                                   "not chosen by steps; give it rtol/atol instead of an NFE budget")
         best = None
-        steps = self.min_steps
-        while self.nfe(steps) + reserve <= budget:
+        steps = max(self.min_steps, 2) if self.spacing() else self.min_steps
+        while self.calls(steps) + reserve <= budget:
             best = steps
             steps += 1
         while best is not None:
             try:
                 self.grid(sde, best, t_end)
-                return best, self.nfe(best)
+                return best, self.calls(best)
             except ValueError:
                 best = best - 1 if best > self.min_steps else None
         return None
@@ -313,13 +329,20 @@ class Sampler:
 
     def __call__(self, model: ScoreModel, x_T: torch.Tensor | None = None, *, shape=None,
                  steps: int | None = None, generator: torch.Generator | None = None,
-                 t_end: float = 1e-3, denoise: bool = True, progress: bool = False,
+                 t_end: float | None = None, denoise: bool = True, progress: bool = False,
                  keep_trajectory: bool = False, dtype: torch.dtype = torch.float32,
                  device=None) -> SampleResult:
         """Generate: the prior draw (of ``shape``, seeded by ``generator``; or the given ``x_T``),
-        this sampler's grid from ``T`` to ``t_end``, :meth:`solve`, and the final denoise."""
+        this sampler's grid from ``T`` to ``t_end`` (default :data:`T_END`), :meth:`solve`, and
+        the final denoise. A diffusers spacing ends at its own last timestep and refuses
+        ``t_end``."""
         model = check_score_model(model)
         sde = model.sde
+        if t_end is not None and self.spacing():
+            raise InputValueError(f"t_end={t_end} given with schedule {self.spacing()!r}, whose grid "
+                                  "ends at its last timestep (as diffusers); leave t_end out, or use "
+                                  "a continuous grid (schedule='logsnr', ...) to end at t_end")
+        t_end = T_END if t_end is None else t_end
         check_float("t_end", t_end, 0.0, sde.T, low_open=True, high_open=True)
         if x_T is None:
             if shape is None:

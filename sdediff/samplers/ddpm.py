@@ -44,10 +44,11 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_choice, check_float, check_int
+from ..checks import InputValueError, check_choice, check_float, check_int
 from . import register
 from .base import Sampler
 from .ddim import ddim_coefficients
+from .grids import SPACINGS
 
 VARIANCES = ("beta_tilde", "beta")
 
@@ -58,18 +59,35 @@ class DDPM(Sampler):
     order = 1
     stochastic = True
     default_steps = 999
-    defaults = {"variance": "beta_tilde", "num_train_steps": 1000}
-
-    def __init__(self, **options):
-        super().__init__(**options)
-        self.default_steps = self.options["num_train_steps"] - 1   # the whole chain to x_1
+    #: ``schedule=None``: the chain respaced evenly (below); or one of diffusers' spacings.
+    #: ``num_train_steps=None``: a discrete process's own ``M``, else 1000.
+    defaults = {"variance": "beta_tilde", "num_train_steps": None, "schedule": None}
 
     def check_options(self):
         check_choice("variance", self.options["variance"], VARIANCES)
-        check_int("num_train_steps", self.options["num_train_steps"], minimum=2)
+        if self.options["num_train_steps"] is not None:
+            check_int("num_train_steps", self.options["num_train_steps"], minimum=2)
+        schedule = self.options["schedule"]
+        if schedule is not None:
+            check_choice("ddpm schedule (None: the chain respaced evenly)", schedule, SPACINGS)
+
+    def chain_length(self, sde) -> int:
+        own = getattr(sde, "num_train_timesteps", None)
+        given = self.options["num_train_steps"]
+        if own is not None and given not in (None, own):
+            raise InputValueError(f"num_train_steps={given} differs from the discrete process's own "
+                                  f"chain of {own} steps; leave it out")
+        return given or own or 1000
+
+    def grid(self, sde, steps, t_end):
+        if steps is None and self.options["schedule"] is None:
+            steps = self.chain_length(sde) - 1                # the whole chain to x_1
+        return super().grid(sde, steps, t_end)
 
     def times(self, sde, steps, t_end):
-        chain = sde.discretize(self.options["num_train_steps"])
+        if self.options["schedule"] is not None:
+            return super().times(sde, steps, t_end)           # diffusers' spacing
+        chain = sde.discretize(self.chain_length(sde))
         N, i_end = chain.N, int(chain.time_to_index(t_end))
         check_float(f"largest beta of the num_train_steps = {N} chain (raise num_train_steps)",
                     float(chain.betas.max()), 0.0, 1.0, high_open=True)
@@ -83,7 +101,7 @@ class DDPM(Sampler):
     def marginals(self, sde):
         """Where the step coefficients read ``alpha`` and ``sigma``: the VP chain, or ``sde``."""
         if sde.variance_preserving:
-            return sde.discretize(self.options["num_train_steps"])
+            return sde.discretize(self.chain_length(sde))
         return sde
 
     def run(self, model, x, ts, noise, observe):

@@ -37,7 +37,8 @@ pilot and starts from the one with the lowest error. The search then runs in two
 2. the **per-step** increments from there, by Powell's method (``scipy.optimize``), until the
    budget of ``iterations`` objective evaluations (sampler runs on the pilot) is spent.
 
-The start selection, the initial grid and the final report add ``len(GRIDS) + 3`` runs.
+The start selection, the initial grid and the final report add ``len(CONTINUOUS_GRIDS) + 3``
+runs.
 
 **Pilot cost.** Every network call of the fit (the reference run and each trial run on the
 pilot) is counted into :attr:`FittedGrid.pilot_nfe`, reported separately: it is paid once per
@@ -68,7 +69,7 @@ from ..checks import (
     check_score_model,
 )
 from ..score import ScoreModel
-from .grids import GRIDS, check_grid, make_grid
+from .grids import CONTINUOUS_GRIDS, check_grid, make_grid
 
 #: Tolerance (rtol = atol) of the ``ode`` dopri5 reference run on the pilot batch.
 REFERENCE_TOL = 1e-7
@@ -192,7 +193,7 @@ def fit_grid(model: ScoreModel, sampler: str = "dpm_solver++", nfe: int = 10,
         raise InputValueError(f"sampler {sampler!r} has no step count costing exactly nfe = {nfe} "
                               "network calls; choose another nfe")
     steps = fit[0]
-    check_choice("init", init, ("best", *GRIDS))
+    check_choice("init", init, ("best", *CONTINUOUS_GRIDS))
     check_int("iterations", iterations, minimum=0)
     check_float("trim", trim, 0.0, 0.5, high_open=True)
     if pilot is None:
@@ -227,7 +228,8 @@ def fit_grid(model: ScoreModel, sampler: str = "dpm_solver++", nfe: int = 10,
         return math.log(max(pilot_errors(_times(theta, sde, t_end))[0], 1e-300))
 
     if init == "best":      # the named grid with the lowest pilot error
-        errors = {name: pilot_errors(make_grid(name, sde, steps, t_end))[0] for name in GRIDS}
+        errors = {name: pilot_errors(make_grid(name, sde, steps, t_end))[0]
+                  for name in CONTINUOUS_GRIDS}
         init = min(errors, key=errors.get)
     theta0 = _theta_of(make_grid(init, sde, steps, t_end), sde)
     best_theta, best = theta0, objective(theta0)

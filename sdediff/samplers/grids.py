@@ -14,7 +14,14 @@ karras        Karras et al.'s rho = 7 spacing of ``sigma~ = sigma/alpha = exp(-l
 edm           EDM's published recipe: the rho = 7 spacing over EDM's noise range
               ``sigma~ in [0.002, 80]`` clipped to the process's own range, with the first and
               last times then pinned at ``T`` and ``t_end``
+leading,      diffusers' ``timestep_spacing`` values, for discrete processes only
+trailing,     (:class:`~sdediff.sde.DiscreteVPSDE`): exactly the timesteps of diffusers'
+linspace      ``set_timesteps(steps)`` (:func:`diffusers_timesteps`), at ``t = (tau + 1)/M``
 ============  ==================================================================================
+
+The diffusers spacings are the exception to the rules above, on purpose (they reproduce a
+diffusers run step for step): ``steps`` counts their timesteps, not intervals, they need not
+start at ``T`` and they end at their last timestep, not at ``t_end`` (see :data:`SPACINGS`).
 
 For ``karras``, ``sigma~_max`` and ``sigma~_min`` are the process's own values at ``T`` and
 ``t_end``. The rho grids put more steps near the data, where the probability-flow ODE is stiff.
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..checks import InputValueError, check_choice, check_int
@@ -92,8 +100,57 @@ def edm(sde, steps: int, t_end: float) -> torch.Tensor:
                      max(sigma_min, EDM_SIGMA_MIN))
 
 
-GRIDS = {"uniform": uniform, "logsnr": logsnr, "quadratic": quadratic, "karras": karras,
-         "edm": edm}
+def diffusers_timesteps(spacing: str, num_train_timesteps: int, steps: int,
+                        steps_offset: int = 0) -> torch.Tensor:
+    """The int64 timesteps of diffusers' ``DDIMScheduler``/``DDPMScheduler.set_timesteps(steps)``
+    with ``timestep_spacing=spacing``, descending (numpy's round-half-to-even, as diffusers):
+
+    - ``leading``: ``r = M // N``, ``k r + steps_offset`` for ``k = N-1..0`` (900, ..., 0 for
+      ``M = 1000``, ``N = 10``);
+    - ``trailing``: ``round(arange(M, 0, -M/N)) - 1`` (999, 899, ..., 99);
+    - ``linspace``: ``round(linspace(0, M - 1, N))`` reversed (999, 888, ..., 0).
+    """
+    M, N = num_train_timesteps, steps
+    check_int(f"steps (the {spacing!r} spacing of a {M}-step chain)", N, minimum=2, maximum=M)
+    if spacing == "leading":
+        taus = (np.arange(0, N) * (M // N)).round()[::-1] + steps_offset
+        if taus[0] > M - 1:
+            raise InputValueError(f"steps_offset = {steps_offset} puts the first 'leading' timestep at "
+                                  f"{int(taus[0])}, beyond the chain's last index {M - 1}")
+    elif spacing == "trailing":
+        taus = np.round(np.arange(M, 0, -M / N)) - 1
+    else:
+        taus = np.round(np.linspace(0, M - 1, N))[::-1]
+    return torch.from_numpy(taus.astype(np.int64).copy())
+
+
+def _spacing(name: str):
+    """The grid of diffusers' spacing ``name``: its ``steps`` timesteps ``tau`` at the times
+    ``(tau + 1)/M`` of the discrete process (:class:`~sdediff.sde.DiscreteVPSDE`)."""
+
+    def grid(sde, steps: int, t_end: float) -> torch.Tensor:
+        M = getattr(sde, "num_train_timesteps", None)
+        if M is None:
+            raise InputValueError(
+                f"schedule {name!r} is one of diffusers' timestep spacings ({', '.join(SPACINGS)}) "
+                f"and needs a discrete-time process (DiscreteVPSDE, e.g. a loaded diffusers "
+                f"pipeline), got {type(sde).__name__}; its grids: {', '.join(CONTINUOUS_GRIDS)}")
+        taus = diffusers_timesteps(name, M, steps, getattr(sde, "steps_offset", 0))
+        return sde.index_to_time(taus)
+
+    grid.__name__ = name
+    return grid
+
+
+CONTINUOUS_GRIDS = {"uniform": uniform, "logsnr": logsnr, "quadratic": quadratic,
+                    "karras": karras, "edm": edm}
+#: diffusers' ``timestep_spacing`` values, grids of discrete processes. Such a grid is the
+#: ``steps`` timesteps of ``set_timesteps(steps)`` and nothing else: it starts where diffusers
+#: starts (``leading``: index 900 of 1000 for 10 steps, not ``T``), ends at its last timestep
+#: (``t_end`` is not used), and has ``steps - 1`` intervals; the final denoise at its last time is
+#: diffusers' last step (to ``alpha = 1``), so ``steps`` network calls in all, as in diffusers.
+SPACINGS = ("leading", "trailing", "linspace")
+GRIDS = {**CONTINUOUS_GRIDS, **{name: _spacing(name) for name in SPACINGS}}
 
 
 def check_grid(ts: torch.Tensor, sde, t_end: float) -> torch.Tensor:
