@@ -93,7 +93,8 @@ class ScoreModel:
             raise InputTypeError(f"net must be callable as net(x, t), got {type(net).__name__}")
         if not isinstance(sde, ForwardProcess):
             raise InputTypeError(
-                f"sde must be a forward process (VPSDE, SubVPSDE, VESDE, DiscreteVPSDE), got {type(sde).__name__}"
+                "sde must be a forward process (VPSDE, SubVPSDE, VESDE, DiscreteVPSDE), got "
+                f"{type(sde).__name__}"
             )
         self.net = net
         self.sde = sde

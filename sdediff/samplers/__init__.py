@@ -86,5 +86,5 @@ def _discover() -> None:
 
 _discover()
 
-__all__ = ["CONTINUOUS_GRIDS", "GRIDS", "SPACINGS", "Observer", "SampleResult", "Sampler", "available", "get", "make_grid",
-           "register", "reversible", "sample"]
+__all__ = ["CONTINUOUS_GRIDS", "GRIDS", "Observer", "SPACINGS", "SampleResult", "Sampler",
+           "available", "get", "make_grid", "register", "reversible", "sample"]
