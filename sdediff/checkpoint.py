@@ -175,7 +175,8 @@ def resolve_checkpoint(path) -> Path:
                 return folder
     raise FileNotFoundError(
         f"no checkpoint at {str(path)!r}; expected a run directory written by `sdediff train` "
-        "(with checkpoints/latest) or a checkpoint folder holding config.json"
+        "(with checkpoints/latest), a checkpoint folder holding config.json, or a diffusers "
+        "pipeline folder holding model_index.json"
     )
 
 

@@ -133,7 +133,10 @@ def load_pipeline(path, device=None, autocast: str | None = None) -> tuple[Score
         raise InputValueError(f"the pipeline's U-Net weights are missing: no {' or '.join(WEIGHT_FILES)} "
                               f"in {unet_dir}")
     diffusers = import_diffusers("loading a diffusers pipeline folder")
-    unet = diffusers.UNet2DModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+    # low_cpu_mem_usage=False: the default asks for `accelerate` (a warning) to save memory we
+    # do not need for pixel-space U-Nets
+    unet = diffusers.UNet2DModel.from_pretrained(folder, subfolder="unet", local_files_only=True,
+                                                 low_cpu_mem_usage=False)
     unet.eval()
     if device is not None:
         unet.to(device)

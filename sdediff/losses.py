@@ -15,9 +15,11 @@ import torch
 
 from .checks import check_choice, check_float, check_tensor
 from .score import ScoreModel
+from .sde import ForwardProcess
 
-#: Smallest training time (Song et al. 2021): sigma(1e-5) = 1e-3 for the linear VP.
-T_MIN = 1e-5
+#: Smallest training time (Song et al. 2021): sigma(1e-5) = 1e-3 for the linear VP; the default
+#: of every process (``ForwardProcess.t_min``; a discrete chain's is its first index, 1/M).
+T_MIN = ForwardProcess.t_min
 
 WEIGHTINGS = ("eps", "likelihood")
 
@@ -31,7 +33,7 @@ def loss_weight(sde, t: torch.Tensor, weighting: str) -> torch.Tensor:
 
 
 def dsm_loss(model: ScoreModel, x0: torch.Tensor, weighting: str = "eps",
-             generator: torch.Generator | None = None, t_min: float = T_MIN) -> torch.Tensor:
+             generator: torch.Generator | None = None, t_min: float | None = None) -> torch.Tensor:
     """Scalar denoising score matching loss of ``model`` on the batch ``x0`` ``(B, ...)``.
 
     ``generator`` seeds both the times and the noise, so a seeded loss is reproducible.
@@ -39,6 +41,7 @@ def dsm_loss(model: ScoreModel, x0: torch.Tensor, weighting: str = "eps",
     check_tensor("x0", x0)
     check_choice("weighting", weighting, WEIGHTINGS)
     sde = model.sde
+    t_min = sde.t_min if t_min is None else t_min
     check_float("t_min", t_min, 0.0, sde.T, low_open=True, high_open=True)
     u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
     t = t_min + (sde.T - t_min) * u

@@ -11,7 +11,8 @@ marginal ``p_t`` into ``p_s`` for any ``s, t``: it is an invertible map between 
 and latents at ``T``.
 
 - :func:`encode` solves it forward, ``x(t_min) = x0 -> z = x(T)``; :func:`decode` backward,
-  ``z -> x(t_min)``. Both use the same ``t_min`` (default :data:`T_MIN`), so a round trip is exact up
+  ``z -> x(t_min)``. Both use the same ``t_min`` (default the process's ``t_min``: :data:`T_MIN`,
+  or a discrete chain's first index ``1/M``), so a round trip is exact up
   to the solver's tolerance. ``decode(model, z)`` equals
   ``sd.sample(model, x_T=z, t_end=t_min, denoise=False)``.
 - :func:`log_likelihood`: along the same path, ``d log p_t(x_t) / dt = -div f~(x_t, t)``, so
@@ -73,9 +74,10 @@ from .checks import (
 )
 from .samplers.base import SampleResult
 from .score import ScoreModel
+from .sde import ForwardProcess
 
 #: Song et al.'s likelihood and encoding end time (paper appendix D.2; score_sde ``eps=1e-5``).
-T_MIN = 1e-5
+T_MIN = ForwardProcess.t_min
 DIVERGENCES = ("exact", "hutchinson")
 PROBE_NOISES = ("rademacher", "gaussian")
 #: Unit vectors per batched vector-Jacobian product of the exact divergence (bounds its memory
@@ -184,6 +186,7 @@ def _solver(model, sampler: str, steps, t_min, adjoint: bool, options: dict, for
     """The configured sampler and its grid between ``T`` and ``t_min`` (increasing when
     ``forward``): the sampler's own grid and step rule, flipped to encode."""
     model = check_score_model(model)
+    t_min = model.sde.t_min if t_min is None else t_min
     t_min = check_float("t_min", t_min, 0.0, model.sde.T, low_open=True, high_open=True)
     if adjoint:
         if sampler != "ode":
@@ -206,7 +209,7 @@ def _transport(model, x, forward: bool, sampler: str, steps, t_min, adjoint: boo
 
 
 def encode(model: ScoreModel, x0: torch.Tensor, *, sampler: str = "ode", steps: int | None = None,
-           t_min: float = T_MIN, adjoint: bool = False, progress: bool = False,
+           t_min: float | None = None, adjoint: bool = False, progress: bool = False,
            return_info: bool = False, **options):
     """Latents ``z = x(T)`` of data ``x0 = x(t_min)`` along the probability-flow ODE.
 
@@ -224,7 +227,7 @@ def encode(model: ScoreModel, x0: torch.Tensor, *, sampler: str = "ode", steps: 
 
 
 def decode(model: ScoreModel, z: torch.Tensor, *, sampler: str = "ode", steps: int | None = None,
-           t_min: float = T_MIN, adjoint: bool = False, progress: bool = False,
+           t_min: float | None = None, adjoint: bool = False, progress: bool = False,
            return_info: bool = False, **options):
     """Data ``x(t_min)`` of latents ``z = x(T)``: the inverse of :func:`encode` with the same
     ``t_min`` and options. Any deterministic sampler may decode; the result equals
@@ -275,7 +278,7 @@ def hutchinson_divergence(drift: torch.Tensor, x: torch.Tensor, v: torch.Tensor,
 
 def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hutchinson",
                    probes: int | None = None, noise: str | None = None,
-                   generator: torch.Generator | None = None, t_min: float = T_MIN,
+                   generator: torch.Generator | None = None, t_min: float | None = None,
                    steps: int | None = None, adjoint: bool = False, progress: bool = False,
                    return_info: bool = False, **options):
     """Negative log-likelihood ``-log p_{t_min}(x0)`` in nats per sample, shape ``(B,)``.

@@ -96,6 +96,9 @@ class ForwardProcess(Marginals):
     name = "process"
     T = 1.0
     prior_std = 1.0
+    #: The smallest time: training draws ``t ~ U(t_min, T)`` and encoding, decoding and the
+    #: likelihood start there by default (design: 1e-5; a discrete chain's first index, 1/M).
+    t_min = 1e-5
 
     # --- the definition of the process (per subclass) --------------------------------------
     def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
@@ -457,6 +460,9 @@ class DiscreteVPSDE(ForwardProcess):
         self.node_log_alpha = torch.cat([torch.zeros(1, dtype=torch.float64), 0.5 * torch.log(abar)])
         self.slopes = torch.diff(self.node_log_alpha) / torch.diff(self.nodes)
         self.T = 1.0
+        # index 0, the smallest time the network was trained at: below it the U-Net sees negative
+        # timesteps and sigma -> 0, where a round trip through the flow loses digits
+        self.t_min = 1.0 / M
 
     @classmethod
     def from_diffusers_config(cls, config) -> DiscreteVPSDE:

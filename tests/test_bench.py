@@ -109,7 +109,7 @@ def test_cli_bench_writes_outputs(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv, pattern", [
-    (["--problem", "nope"], r"unknown problem 'nope'; allowed: gmm2d, gmm64, digits$"),
+    (["--problem", "nope"], r"unknown problem 'nope'; allowed: gmm2d, gmm64, digits, model$"),
     (["--problem", "gmm2d", "--samplers", "ddim,nope"],
      r"unknown sampler 'nope'; allowed: ddim, .*diffusers:ddim.*, all, sdediff, peers$"),
     (["--problem", "gmm2d", "--nfe", "10,x"], r"--nfe must be a comma-separated list"),

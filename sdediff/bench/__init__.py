@@ -14,6 +14,8 @@ core never imports it (``tests/test_bench.py`` checks). One job per module:
   :meth:`Sampler.steps_within <sdediff.samplers.base.Sampler.steps_within>`);
 - :mod:`~sdediff.bench.sweep`: running them, :func:`run_bench` (``sdediff bench``) and
   :func:`digits_by_budget`;
+- :mod:`~sdediff.bench.model`: any model (``sdediff bench --checkpoint PATH``), every sampler
+  and the diffusers peers against a tight probability-flow reference, :func:`run_model_bench`;
 - :mod:`~sdediff.bench.report`: the rows as CSV, JSON, Markdown tables and plots.
 
 Only the sweep's entry points are re-exported here; a problem, metric or the classifier is
@@ -22,10 +24,12 @@ module is not imported by this package on purpose: ``python -m sdediff.bench.dig
 retrains it, and running a module the package already imported would warn.
 """
 
+from .model import MODEL_PROBLEM, run_model_bench
 from .plan import DEFAULT_NFE, TOLERANCES, Task, parse_list, plan, resolve_samplers
 from .report import COLUMNS, BenchResult, markdown_report, summary_lines, write_results
 from .sweep import PROBLEM_NAMES, T_END, DigitsRun, digits_by_budget, run_bench
 
-__all__ = ["COLUMNS", "DEFAULT_NFE", "PROBLEM_NAMES", "TOLERANCES", "T_END", "BenchResult",
-           "DigitsRun", "Task", "digits_by_budget", "markdown_report", "parse_list", "plan",
-           "resolve_samplers", "run_bench", "summary_lines", "write_results"]
+__all__ = ["COLUMNS", "DEFAULT_NFE", "MODEL_PROBLEM", "PROBLEM_NAMES", "TOLERANCES", "T_END",
+           "BenchResult", "DigitsRun", "Task", "digits_by_budget", "markdown_report", "parse_list",
+           "plan", "resolve_samplers", "run_bench", "run_model_bench", "summary_lines",
+           "write_results"]

@@ -15,7 +15,7 @@ budget by :func:`~sdediff.bench.peers.peer_steps`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .. import samplers as registry
@@ -77,9 +77,11 @@ def resolve_samplers(spec: str | Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def plan(ours: Iterable[str], peers: Iterable[str], budgets: Sequence[int],
-         tolerances: Sequence[float], sde, t_end: float, reserve: int = 0
-         ) -> tuple[list[Task], list[str]]:
-    """The runs of a sweep and the notes on what was skipped."""
+         tolerances: Sequence[float], sde, t_end: float, reserve: int = 0,
+         make_peer: Callable[[str], object] = make_scheduler) -> tuple[list[Task], list[str]]:
+    """The runs of a sweep and the notes on what was skipped. ``make_peer(name)`` builds a
+    fresh diffusers scheduler (default: on the exact mixtures' linear chain; a model's own chain
+    in :mod:`sdediff.bench.model`), whose calls per inference step decide the peers' steps."""
     tasks, notes = [], []
     for name in ours:
         sampler = registry.get(name)
@@ -95,7 +97,7 @@ def plan(ours: Iterable[str], peers: Iterable[str], budgets: Sequence[int],
             else:
                 tasks.append(Task(name, "sdediff", {}, budget, fit[0]))
     for name in peers:
-        scheduler = make_scheduler(name)
+        scheduler = make_peer(name)
         options = {**PEERS[name][1], "timestep_spacing": scheduler.config.timestep_spacing}
         for budget in budgets:
             steps = peer_steps(scheduler, budget)

@@ -3,8 +3,10 @@
 One row per (run, metric): ``problem, sampler, source`` (``sdediff`` or ``diffusers``),
 ``options`` (``key=value`` pairs in the CSV), ``budget`` (empty for the adaptive samplers, which
 run at a tolerance), ``steps``, ``nfe`` (counted by the model), ``metric``, ``value``, ``floor``
-(the same metric for exact or real samples; empty for ``rms_error``) and ``seconds`` (the
-sampler's wall time per sample).
+(the same metric for exact or real samples; for ``rms_error``, empty on the mixtures and, on a
+model (:mod:`sdediff.bench.model`), the reference's own error estimate) and ``seconds`` (the
+sampler's wall time per sample). A sweep may name its metrics otherwise in
+``meta["metric_labels"]`` and add lines to the Markdown's head in ``meta["about"]``.
 
 :func:`write_results` writes ``<problem>.csv`` and ``.json`` (the rows; the JSON adds the
 settings, machine, load average and notes), ``<problem>.md`` (:func:`markdown_report`), and PNGs:
@@ -74,8 +76,9 @@ def write_results(result: BenchResult, out: Path, grids: dict | None = None) -> 
     for metric in metrics_of(result.rows):
         png = out / f"{result.problem}_{metric}.png"
         floors = [r["floor"] for r in result.rows if r["metric"] == metric and r["floor"]]
-        plot_vs_nfe(series(result.rows, metric), png, ylabel=METRIC_LABELS[metric],
-                    title=f"{result.problem}: {METRIC_LABELS[metric]}",
+        label = metric_label(result, metric)
+        plot_vs_nfe(series(result.rows, metric), png, ylabel=label,
+                    title=f"{result.problem}: {label}",
                     floor=float(np.median(floors)) if floors else None,
                     dashed=list(PEERS), same_color=PEER_COUNTERPARTS)
         files.append(png)
@@ -95,6 +98,11 @@ def write_results(result: BenchResult, out: Path, grids: dict | None = None) -> 
             "rows, top to bottom: " + ", ".join(f"{n} ({grids[n][0]} NFE)" for n in names) + "\n")
         files.append(png)
     return files
+
+
+def metric_label(result: BenchResult, metric: str) -> str:
+    """The sweep's own name for ``metric`` (``meta["metric_labels"]``), else the default."""
+    return result.meta.get("metric_labels", {}).get(metric, METRIC_LABELS[metric])
 
 
 def metrics_of(rows: list[dict]) -> list[str]:
@@ -124,11 +132,13 @@ def markdown_report(result: BenchResult) -> str:
              f"load average {meta['load_average_start']} at the start, "
              f"{meta['load_average_end']} at the end; torch {meta['torch']} with "
              f"{meta['threads']} thread(s) on {meta['machine']}.", ""]
+    for line in meta.get("about", ()):
+        lines += [line, ""]
     for metric in metrics_of(rows):
         mine = [r for r in rows if r["metric"] == metric]
         fixed = [r for r in mine if r["budget"] is not None]
         names = list(dict.fromkeys(r["sampler"] for r in fixed))
-        lines += [f"### {METRIC_LABELS[metric]}", "",
+        lines += [f"### {metric_label(result, metric)}", "",
                   "Cells: value at the budget's NFE; `(n)`: the NFE used when the budget cannot "
                   "be met exactly; `-`: cannot run within the budget.", "",
                   "| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " | floor |",

@@ -24,6 +24,10 @@ time per sample):
 
 The diffusers peers (mixtures, when ``diffusers`` is installed) run beside the sdediff samplers
 from the same ``x_T``, each against its own exact reference: :mod:`sdediff.bench.peers`.
+
+Any model (problem ``model``, ``sdediff bench --checkpoint PATH``) has no exact answer: its
+samplers and peers are measured against a tight probability-flow solution from the same ``x_T``,
+in :mod:`sdediff.bench.model`; :func:`run_bench` hands that problem over.
 """
 
 from __future__ import annotations
@@ -50,7 +54,10 @@ from .problems import PROBLEMS, exact_pf_endpoint, noisy_sample, pf_flow
 from .report import BenchResult, write_results
 
 #: Every problem ``--problem`` accepts.
-PROBLEM_NAMES = (*PROBLEMS, "digits")
+#: The problem's name (``--problem model``; the files' stem): any checkpoint against its own
+#: reference solution (:mod:`sdediff.bench.model`).
+MODEL_PROBLEM = "model"
+PROBLEM_NAMES = (*PROBLEMS, "digits", MODEL_PROBLEM)
 #: Where the mixtures' samplers stop (``denoise=False``), as the accuracy tests.
 T_END = 1e-3
 #: Samples whose endpoints are compared with the scipy reference (it integrates them jointly).
@@ -216,14 +223,25 @@ def run_bench(problem: str, samplers: str | Sequence[str] = "all",
               nfe: str | Sequence[int] | None = None,
               tolerances: str | Sequence[float] = TOLERANCES, num: int | None = None,
               checkpoint: str | Path | None = None, out: str | Path | None = None, seed: int = 0,
-              progress: bool = True, command: str | None = None) -> BenchResult:
+              progress: bool = True, command: str | None = None,
+              reference_tol: float | None = None, dtype: str = "float64") -> BenchResult:
     """Run the sweep on ``problem`` and (with ``out``) write its files; see the module docstring.
 
     ``samplers``: ``"all"`` (every registered sampler and, on the mixtures, the diffusers peers),
     ``"sdediff"``, ``"peers"`` or names, comma-separated. ``nfe``: the budgets (default
     :data:`DEFAULT_NFE`; digits: 10, 20, 50). ``num``: samples per run.
+
+    ``problem="model"`` benchmarks the model at ``checkpoint`` against its own reference
+    solution (``reference_tol``: its tolerance; ``dtype``: the network's and the samples'):
+    :func:`sdediff.bench.model.run_model_bench`. Those two serve that problem only.
     """
+    from .model import run_model_bench  # it builds on this module
+
     check_choice("problem", problem, PROBLEM_NAMES)
+    if problem == MODEL_PROBLEM:
+        return run_model_bench(checkpoint, samplers=samplers, nfe=nfe, tolerances=tolerances,
+                               num=num, out=out, seed=seed, progress=progress, command=command,
+                               reference_tol=reference_tol, dtype=dtype)
     digits = problem == "digits"
     if digits and samplers == "all" and nfe is None:
         samplers = DIGITS_DEFAULTS["samplers"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from ..checks import InputError, NumericalError
-from . import bench, demo, ode, sample, train
+from . import bench, demo, export, ode, sample, train
 from .common import Parser, fail, parse_options
 from .ode import load_examples
 from .sample import SAMPLER_COLUMNS, markdown_table, sampler_rows
@@ -26,6 +26,7 @@ def build_parser() -> Parser:
     demo.add_parser(sub)
     ode.add_parsers(sub)
     bench.add_parser(sub)
+    export.add_parser(sub)
     return parser
 
 

@@ -1,8 +1,26 @@
-"""``sdediff bench``: samplers x NFE budgets against exact answers (:mod:`sdediff.bench`)."""
+"""``sdediff bench``: samplers x NFE budgets against exact answers (:mod:`sdediff.bench`), or,
+with ``--checkpoint PATH`` alone (problem ``model``), on any model against a tight
+probability-flow reference (:mod:`sdediff.bench.model`)."""
 
 from __future__ import annotations
 
 import sys
+
+#: What to give when neither --problem nor --checkpoint is.
+NO_PROBLEM = ("give --problem (gmm2d, gmm64, digits, model) or --checkpoint PATH (any model: a run "
+              "directory, checkpoint folder or diffusers pipeline folder)")
+
+
+def _problem(args) -> str:
+    """``--problem``, or ``model`` when only ``--checkpoint`` is given."""
+    from ..bench import MODEL_PROBLEM
+    from ..checks import InputValueError
+
+    if args.problem is not None:
+        return args.problem
+    if args.checkpoint is None:
+        raise InputValueError(NO_PROBLEM)
+    return MODEL_PROBLEM
 
 
 def cmd_bench(args) -> int:
@@ -13,9 +31,10 @@ def cmd_bench(args) -> int:
 
     torch.set_num_threads(check_int("--threads", args.threads, minimum=1))
     command = "sdediff bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
-    result = run_bench(args.problem, samplers=args.samplers, nfe=args.nfe, tolerances=args.tols,
-                       num=args.num, checkpoint=args.checkpoint, out=args.out, seed=args.seed,
-                       progress=not args.no_progress, command=command)
+    result = run_bench(_problem(args), samplers=args.samplers, nfe=args.nfe,
+                       tolerances=args.tols, num=args.num, checkpoint=args.checkpoint,
+                       out=args.out, seed=args.seed, progress=not args.no_progress,
+                       command=command, reference_tol=args.ref_tol, dtype=args.dtype)
     for note in result.notes:
         print(f"note: {note}")
     print("\n".join(summary_lines(result)))
@@ -27,24 +46,33 @@ def cmd_bench(args) -> int:
 def add_parser(sub) -> None:
     """``bench``: samplers x NFE budgets against exact answers (:mod:`sdediff.bench`)."""
     p = sub.add_parser("bench", help="benchmark samplers by NFE budget (CSV, JSON, Markdown, "
-                       "plots)")
-    p.add_argument("--problem", required=True, help="gmm2d, gmm64 (exact mixtures) or digits "
-                   "(a digits model: --checkpoint, default the bundled one)")
+                       "plots); --checkpoint PATH alone: on any model")
+    p.add_argument("--problem", help="gmm2d, gmm64 (exact mixtures), digits (a digits model: "
+                   "--checkpoint, default the bundled one) or model (any model: --checkpoint, "
+                   "against a tight probability-flow reference; the default when only "
+                   "--checkpoint is given)")
     p.add_argument("--samplers", default="all", help="all, sdediff, peers (the diffusers "
-                   "schedulers) or comma-separated names (default all; digits: a small set)")
+                   "schedulers) or comma-separated names (default all; digits: a small set; "
+                   "model: stochastic samplers are skipped)")
     p.add_argument("--nfe", help="comma-separated NFE budgets (default 5,10,20,50,100,200,1000; "
-                   "digits: 10,20,50)")
+                   "digits: 10,20,50; model: 5,10,20,50)")
     from ..samplers import available, get
 
     adaptive = ", ".join(name for name in available() if get(name).adaptive)
     p.add_argument("--tols", default="1e-2,1e-3,1e-4", help="rtol = atol of the adaptive "
                    f"samplers ({adaptive})")
-    p.add_argument("--checkpoint", help="run directory or checkpoint folder (problem digits; "
-                   "default: the bundled digits model)")
+    p.add_argument("--checkpoint", help="run directory, checkpoint folder or diffusers pipeline "
+                   "folder (problems model and digits; default: the bundled digits model)")
+    p.add_argument("--ref-tol", type=float, help="problem model: rtol = atol of the reference "
+                   "probability-flow solve (default 1e-7; its self-check runs at 10x)")
+    p.add_argument("--dtype", default="float64", help="problem model: the network's and the "
+                   "samples' dtype, float64 (default: float32 rounding, which the flow can "
+                   "amplify, would mask the solvers' errors) or float32 (as deployed)")
     p.add_argument("--out", default="bench", help="output folder (default ./bench)")
-    p.add_argument("--num", type=int, help="samples per run (default 2000; digits 500)")
+    p.add_argument("--num", type=int, help="samples per run (default 2000; digits 500; model 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the "
-                   "mixtures' tensors are small, and timings are steadier)")
+                   "mixtures' tensors are small, and timings are steadier; a large model gains "
+                   "from more)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)

@@ -9,7 +9,10 @@ from pathlib import Path
 
 from ..checks import InputValueError
 
-PROCESSES = ("vp", "vp-cosine", "subvp", "ve")
+#: Forward processes by name. ``discrete`` is diffusers' default chain (``DDPMScheduler()``: 1000
+#: linear betas 1e-4 .. 0.02) as a continuous-time process: the one a run must train on to be
+#: exported as a diffusers pipeline (``sdediff export``).
+PROCESSES = ("vp", "vp-cosine", "subvp", "ve", "discrete")
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,11 +30,11 @@ def fail(message: str) -> int:
 
 def make_process(name: str):
     from ..checks import check_choice
-    from ..sde import VESDE, VPSDE, SubVPSDE
+    from ..sde import VESDE, VPSDE, DiscreteVPSDE, SubVPSDE
 
     check_choice("process", name, PROCESSES)
     return {"vp": lambda: VPSDE(), "vp-cosine": lambda: VPSDE("cosine"), "subvp": SubVPSDE,
-            "ve": VESDE}[name]()
+            "ve": VESDE, "discrete": DiscreteVPSDE}[name]()
 
 
 

@@ -94,12 +94,12 @@ def cmd_encode(args) -> int:
 
     import numpy as np
 
-    from ..ode import T_MIN, encode
+    from ..ode import encode
 
     model, config = load_checkpoint_model(args.checkpoint)
     x, what, _, _ = load_examples(args.data, args.input, args.num, config)
     options = _solver_options(args)
-    t_min = T_MIN if args.t_min is None else args.t_min
+    t_min = model.sde.t_min if args.t_min is None else args.t_min
     z, nfe, seconds = _transport_all(encode, model, x, args, options, t_min, args.sampler,
                                      args.steps)
     out = Path(args.out).with_suffix(".npy")
@@ -122,7 +122,7 @@ def cmd_decode(args) -> int:
     import numpy as np
     import torch
 
-    from ..ode import T_MIN, decode
+    from ..ode import decode
 
     model, config = load_checkpoint_model(args.checkpoint)
     path = Path(args.input)
@@ -144,7 +144,7 @@ def cmd_decode(args) -> int:
     sampler = args.sampler or meta.get("sampler", "ode")
     steps = args.steps if args.steps is not None else meta.get("steps")
     options = {**meta.get("options", {}), **_solver_options(args)}
-    t_min = args.t_min if args.t_min is not None else meta.get("t_min", T_MIN)
+    t_min = args.t_min if args.t_min is not None else meta.get("t_min", model.sde.t_min)
     x, nfe, seconds = _transport_all(decode, model, z, args, options, t_min, sampler, steps)
     files = write_samples(x, Path(args.out).with_suffix(".npy"), config["data"])
     message = f"decoded {len(z)} latents with {sampler} (t_min {t_min:g}): NFE {nfe}, {seconds:.2f} s"
@@ -168,7 +168,7 @@ def cmd_likelihood(args) -> int:
     import numpy as np
     import torch
 
-    from ..ode import T_MIN, bits_per_dim, dequantization_offset, dequantize, log_likelihood
+    from ..ode import bits_per_dim, dequantization_offset, dequantize, log_likelihood
 
     model, config = load_checkpoint_model(args.checkpoint)
     x, what, n_levels, data_range = load_examples(args.data, args.input, args.num, config)
@@ -178,7 +178,7 @@ def cmd_likelihood(args) -> int:
     if n_levels is not None and not args.no_dequantize:
         x = dequantize(x, n_levels, data_range, generator=g)
     options = _solver_options(args)
-    t_min = T_MIN if args.t_min is None else args.t_min
+    t_min = model.sde.t_min if args.t_min is None else args.t_min
     hutchinson = args.divergence == "hutchinson"
     nll, var, nfe, seconds = [], [], 0, 0.0
     for batch in _batches(x, args.batch_size):
@@ -225,7 +225,7 @@ def cmd_interpolate(args) -> int:
     import numpy as np
 
     from ..checks import check_int
-    from ..ode import T_MIN, interpolate
+    from ..ode import interpolate
     from ..plotting import plot_points, save_image_grid
 
     model, config = load_checkpoint_model(args.checkpoint)
@@ -236,7 +236,7 @@ def cmd_interpolate(args) -> int:
             check_int("--pair index", k, minimum=0, maximum=len(x) - 1)
     check_int("--num-steps", args.num_steps, minimum=2)
     a, b = x[[i for i, _ in pairs]], x[[j for _, j in pairs]]
-    t_min = T_MIN if args.t_min is None else args.t_min
+    t_min = model.sde.t_min if args.t_min is None else args.t_min
     path = interpolate(model, a, b, args.num_steps, sampler=args.sampler, steps=args.steps,
                        t_min=t_min, progress=not args.no_progress, **_solver_options(args))
     out = Path(args.out).with_suffix(".png")
@@ -273,7 +273,8 @@ def _add_solver_arguments(p, sampler: bool = True, sampler_default: str | None =
     p.add_argument("--method", help="torchdiffeq method for the ode solver (default dopri5)")
     p.add_argument("--rtol", type=float, help="relative tolerance (default 1e-5)")
     p.add_argument("--atol", type=float, help="absolute tolerance (default 1e-5)")
-    p.add_argument("--t-min", type=float, help="data end of the ODE (default 1e-5, as Song et al.)")
+    p.add_argument("--t-min", type=float, help="data end of the ODE (default the process's t_min: "
+                   "1e-5 as Song et al.; 1/M for a diffusers model, its first index)")
     p.add_argument("--batch-size", type=int, default=ODE_BATCH_SIZE)
     if sampler:
         p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",

@@ -15,20 +15,67 @@ PRESETS = {
                "checkpoint_every": 500},
 }
 
-def default_net(dataset, model: str):
-    """The network for a data set: an MLP for points, a U-Net sized to the images."""
-    from ..checks import check_choice
-    from ..nets import MLP, UNet
+#: The networks ``--model`` names: the built-in MLP and U-Net, and diffusers' ``UNet2DModel``.
+MODELS = ("mlp", "unet", "diffusers-unet")
+#: The process a run trains on when ``--sde`` is not given.
+DEFAULT_PROCESS = "vp"
+#: The processes a model may train on, where it is restricted (the first is its default): a
+#: diffusers U-Net trains on diffusers' chain of betas, so that ``sdediff export`` can write the
+#: run as a diffusers pipeline (a diffusers scheduler describes no other process).
+MODEL_PROCESSES = {"diffusers-unet": ("discrete",)}
 
-    check_choice("model", model, ("mlp", "unet"))
+
+def resolve_process(model: str, sde: str | None) -> str:
+    """The process name of a new run: ``--sde``, else the model's default; a process the model
+    cannot train on is a one-line error naming both and the allowed ones."""
+    allowed = MODEL_PROCESSES.get(model)
+    if allowed is None:
+        return DEFAULT_PROCESS if sde is None else sde
+    if sde is None:
+        return allowed[0]
+    if sde not in allowed:
+        raise InputValueError(f"--sde {sde!r} cannot train --model {model}; allowed: "
+                              f"{', '.join(allowed)} (diffusers' chain of betas, so that the run "
+                              "exports to a diffusers pipeline), or leave --sde out")
+    return sde
+
+
+def check_model_prediction(model: str, prediction: str) -> None:
+    """A diffusers U-Net must predict what a diffusers scheduler can read (``score`` is not one of
+    them): refuse it now rather than at ``sdediff export``, after training."""
+    from ..export import DIFFUSERS_PREDICTION_TYPES
+
+    if model == "diffusers-unet" and prediction not in DIFFUSERS_PREDICTION_TYPES:
+        raise InputValueError(f"--prediction {prediction!r} cannot train --model {model} (diffusers "
+                              f"has no such prediction_type); allowed: "
+                              f"{', '.join(DIFFUSERS_PREDICTION_TYPES)}")
+
+
+def _needs_images(model: str, dataset) -> None:
+    if dataset.kind != "images":
+        raise InputValueError(f"model {model!r} needs images (C, H, W), got points of shape "
+                              f"{dataset.shape}; use --model mlp")
+
+
+def default_net(dataset, model: str, sde=None):
+    """The network for a data set: an MLP for points, a U-Net sized to the images, or diffusers'
+    ``UNet2DModel`` (``diffusers-unet``) on the chain of ``sde``, a
+    :class:`~sdediff.sde.DiscreteVPSDE` (default: diffusers' default chain)."""
+    from ..checks import check_choice
+    from ..nets import MLP, DiffusersUNet, UNet
+    from ..nets.diffusers_unet import default_unet_config
+    from ..sde import DiscreteVPSDE
+
+    check_choice("model", model, MODELS)
     if model == "mlp":
         if dataset.kind != "points":
             raise InputValueError(f"model 'mlp' needs point data of shape (D,), got images of shape "
                                   f"{dataset.shape}; use --model unet")
         return MLP(data_dim=dataset.dim)
-    if dataset.kind != "images":
-        raise InputValueError(f"model 'unet' needs images (C, H, W), got points of shape "
-                              f"{dataset.shape}; use --model mlp")
+    _needs_images(model, dataset)
+    if model == "diffusers-unet":
+        chain = DiscreteVPSDE() if sde is None else sde
+        return DiffusersUNet(default_unet_config(dataset.shape), chain.num_train_timesteps)
     channels, size = dataset.shape[0], dataset.shape[-1]
     mult = (1, 2) if size <= 8 else (1, 2, 2) if size <= 16 else (1, 2, 2, 2)
     return UNet(in_channels=channels, image_size=size, base_channels=32 if size <= 8 else 64,
@@ -80,12 +127,13 @@ def cmd_train(args) -> int:
                 preset[key] = getattr(args, key)
         config = TrainConfig(**preset, weighting=args.weighting, seed=args.seed,
                              on_nonfinite=args.on_nonfinite or "stop", autocast=args.autocast)
+        sde, prediction = make_process(resolve_process(model, args.sde)), args.prediction
+        check_model_prediction(model, prediction)
         # The initial weights come from --seed too, so one command line gives one run (and a run
         # killed before its first checkpoint restarts from the same weights).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)
-            net = default_net(dataset, model)
-        sde, prediction = make_process(args.sde), args.prediction
+            net = default_net(dataset, model, sde)
     trainer = Trainer(net, sde, dataset.train, out, config=config, prediction=prediction,
                       meta=dataset.to_config(), progress=not args.no_progress)
     if args.resume:
@@ -113,9 +161,11 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--model", choices=("mlp", "unet"), help="default: mlp for points, unet for "
-                   "images")
-    p.add_argument("--sde", default="vp", choices=PROCESSES)
+    p.add_argument("--model", choices=MODELS, help="default: mlp for points, unet for images; "
+                   "diffusers-unet (images) is diffusers' UNet2DModel, exportable with sdediff export")
+    p.add_argument("--sde", choices=PROCESSES,
+                   help=f"forward process (default: {DEFAULT_PROCESS}; discrete, diffusers' chain, for "
+                        "--model diffusers-unet, which allows only that one)")
     p.add_argument("--prediction", default="eps", choices=("eps", "x0", "v", "score"))
     p.add_argument("--weighting", default="eps", choices=("eps", "likelihood"))
     p.add_argument("--seed", type=int, default=0)

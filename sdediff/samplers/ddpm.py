@@ -37,6 +37,12 @@ continuous ``alpha(t_1)``, ``sigma(t_1)``; Algorithm 2 with the chain's ``sqrt(a
 ``sqrt(1 - abar_1)``, a slightly smaller ``sigma`` for the linear VP: ``docs/samplers.md``,
 same section.)
 
+On a discrete process (:class:`~sdediff.sde.DiscreteVPSDE`, a diffusers model) the chain is the
+process's own (``num_train_steps`` defaults to its ``M``), and ``schedule=`` one of diffusers'
+spacings (``leading``, ``trailing``, ``linspace``) keeps exactly ``DDPMScheduler``'s timesteps:
+its ``steps - 1`` ancestral steps, then the final denoise, step for step
+(``tests/test_interop.py``).
+
 Stochastic, weak order 1, one network call per step.
 """
 
