@@ -76,6 +76,7 @@ from .metrics import rms
 from .plan import TOLERANCES, Task, parse_list, plan, resolve_samplers
 from .report import BenchResult, write_results
 from .sweep import MODEL_PROBLEM, T_END, _check_finite, _label, _load_average, _row
+
 #: NFE budgets by default: the few-step range where the choice of sampler matters.
 DEFAULT_NFE = (5, 10, 20, 50)
 #: Samples per run (``--num``): the reference solve dominates the cost.
