@@ -125,6 +125,22 @@ class ForwardProcess(Marginals):
 
     #: Whether ``alpha^2 + sigma^2 = 1``, so that a DDPM chain's ``alpha_bar`` describes it fully.
     variance_preserving = False
+    #: Whether the coefficients jump in ``t`` (a discrete chain's piecewise-constant ``f``): then
+    #: adaptive ODE solvers integrate in the process's :meth:`clock`, where they are smooth.
+    has_clock = False
+
+    def clock(self, t) -> torch.Tensor:
+        """A strictly increasing time in which the probability flow is smooth (the identity for
+        the continuous processes; see :class:`DiscreteVPSDE`)."""
+        return as_time(t)
+
+    def time_of_clock(self, c) -> torch.Tensor:
+        """Inverse of :meth:`clock`."""
+        return as_time(c)
+
+    def clock_rate(self, t) -> torch.Tensor:
+        """``d clock / dt`` at ``t``."""
+        return torch.ones_like(as_time(t))
 
     def discretize(self, N: int) -> DDPMChain:
         """A DDPM chain of ``N`` steps on the grid ``t_i = i T / N``:
@@ -505,16 +521,34 @@ class DiscreteVPSDE(ForwardProcess):
     def g2(self, t):
         return -2 * self.f(t)           # VP: alpha^2 + sigma^2 = 1
 
-    def t_of_log_snr(self, lam):
-        lam = as_time(lam)
-        target = _vp_log_alpha_of_log_snr(lam).to(torch.float64)
+    def _t_of_log_alpha(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`log_alpha`: the same piecewise-linear map, read backwards."""
+        target = log_alpha.to(torch.float64)
         # log alpha decreases along the nodes: search the negated (increasing) table
-        neg = (-self.node_log_alpha).to(lam.device)
+        neg = (-self.node_log_alpha).to(target.device)
         k = (torch.searchsorted(neg, (-target).contiguous(), right=True) - 1).clamp(
             0, self.num_train_timesteps - 1)
-        nodes, values, slopes = (v.to(lam.device) for v in (self.nodes, self.node_log_alpha,
-                                                            self.slopes))
-        return (nodes[k] + (target - values[k]) / slopes[k]).to(lam.dtype)
+        nodes, values, slopes = (v.to(target.device) for v in (self.nodes, self.node_log_alpha,
+                                                               self.slopes))
+        return (nodes[k] + (target - values[k]) / slopes[k]).to(log_alpha.dtype)
+
+    def t_of_log_snr(self, lam):
+        return self._t_of_log_alpha(_vp_log_alpha_of_log_snr(as_time(lam)))
+
+    # The probability flow is dx/dt = f (x - eps/sigma) with f piecewise constant: it jumps at
+    # every node, and an adaptive solver pays for (and errs at) each of the M jumps. In the clock
+    # c = -log alpha, dx/dc = eps/sigma - x, and f is gone.
+    has_clock = True
+
+    def clock(self, t):
+        """``c = -log alpha(t)``: strictly increasing, and the probability flow has no jumps in it."""
+        return -self.log_alpha(t)
+
+    def time_of_clock(self, c):
+        return self._t_of_log_alpha(-as_time(c))
+
+    def clock_rate(self, t):
+        return -self.f(t)
 
     def model_time(self, t) -> torch.Tensor:
         """The network's timestep input at time ``t``: :func:`diffusers_timestep`."""

@@ -135,3 +135,17 @@ def test_train_diffusers_unet_refuses_another_process(capsys, tmp_path):
                         "diffusers-unet", "--prediction", "score", "--no-progress"],
                r"--prediction 'score' cannot train --model diffusers-unet .*allowed: eps, v, x0")
     assert not (tmp_path / "r").exists()
+
+
+def test_encode_then_decode_a_loaded_pipeline_returns_the_input(exported):
+    """The round trip through the loaded pipeline's probability flow, on the model's own samples
+    (inversion of generated images). Real held-out digits are off this 50-step model's flow, where
+    it amplifies the solver's error about 3000-fold (3.4e-3 at rtol 1e-6; docs/interop.md)."""
+    _, out = exported
+    model = sd.load_model(out)[0]
+    z0 = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    x = sd.sample(model, x_T=z0, sampler="dpm_solver++", steps=20, t_end=model.sde.t_min,
+                  denoise=False)                                   # a sample at t_min = 1/M
+    tol = {"rtol": 1e-6, "atol": 1e-6}
+    back = sd.decode(model, sd.encode(model, x, **tol), **tol)
+    assert ((back - x).abs().max() / x.abs().max()).item() <= 1e-3

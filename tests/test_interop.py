@@ -16,6 +16,8 @@ from sdediff.samplers.grids import diffusers_timesteps
 from sdediff.sde import DiscreteVPSDE, diffusers_timestep
 
 diffusers = pytest.importorskip("diffusers")
+# A small U-Net on 8x8 images: two torch threads only wait on each other on a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHAPE = (3, 1, 8, 8)
 #: Equivalence tolerance of the issue: max |ours - diffusers| / max |diffusers|, float32.
@@ -213,14 +215,6 @@ def test_ddpm_equals_diffusers_ddpm_step_for_step(unet, monkeypatch):
     for mine, theirs in zip(ours.trajectory[1:], states[:-1], strict=True):   # each step
         assert relative(mine, theirs) <= TOL
     assert relative(ours.x, states[-1]) <= TOL                                 # final denoise
-
-
-def test_encode_then_decode_returns_the_input(unet):
-    model = sd.ScoreModel.from_diffusers(unet, diffusers.DDIMScheduler())
-    x0 = torch.rand(SHAPE, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    z = sd.encode(model, x0)
-    back = sd.decode(model, z)
-    assert relative(back, x0) <= 1e-3
 
 
 # --- pipeline folders -----------------------------------------------------------------------------

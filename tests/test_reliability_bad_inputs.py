@@ -112,7 +112,7 @@ API = [
     ("net not callable", lambda e: sd.ScoreModel("net", VP), TypeError,
      r"net must be callable as net\(x, t\), got str"),
     ("unknown process object", lambda e: sd.ScoreModel(MLP(), "vp"), TypeError,
-     r"sde must be a forward process \(VPSDE, SubVPSDE, VESDE\), got str"),
+     r"sde must be a forward process \(VPSDE, SubVPSDE, VESDE, DiscreteVPSDE\), got str"),
     ("unknown autocast dtype", lambda e: sd.ScoreModel(MLP(), VP, autocast="float8"), ValueError,
      r"unknown autocast dtype 'float8'; allowed: bfloat16"),
     ("net output of wrong shape",

@@ -167,14 +167,37 @@ class ProbabilityFlowODE(Sampler):
                 "is finite, loosen rtol/atol, or use a fixed-step method (method='rk4', steps=...)"
             ) from error
 
+    def integrate_in_clock(self, sde, func, y0, ts: torch.Tensor, params: tuple = (),
+                           observe=None):
+        """:meth:`integrate` of ``dy/dt = func(t, y)`` in the process's clock ``c(t)``
+        (:meth:`~sdediff.sde.ForwardProcess.clock`): ``dy/dc = func(t(c), y) / c'(t(c))`` from
+        ``c(ts[0])`` through ``c(ts)``. For a process without one (the continuous processes) this
+        is :meth:`integrate` in ``t`` itself. ``observe.at`` gets the time ``t``."""
+        if not sde.has_clock:
+            def timed(t, y):
+                if observe is not None:
+                    observe.at(t)
+                return func(t, y)
+
+            return self.integrate(timed, y0, ts, params)
+
+        def clocked(c, y):
+            t = sde.time_of_clock(c.to(torch.float64))
+            if observe is not None:
+                observe.at(t)
+            rate = float(sde.clock_rate(t))
+            out = func(t, y)
+            return tuple(v / rate for v in out) if isinstance(out, tuple) else out / rate
+
+        return self.integrate(clocked, y0, sde.clock(ts), params)
+
     def run(self, model, x, ts, noise, observe):
         sde = model.sde
 
         def drift(t, x):                                   # dx/dt = f x - g^2 score / 2
-            observe.at(t)
             return sde.reverse_drift(model, x, t.to(torch.float64), probability_flow=True)
 
-        xs = self.integrate(drift, x, ts, adjoint_params(model))
+        xs = self.integrate_in_clock(sde, drift, x, ts, adjoint_params(model), observe)
         for i in range(1, xs.shape[0]):
             observe(i, xs[i])
         return xs[-1]
@@ -187,11 +210,7 @@ class ProbabilityFlowODE(Sampler):
         ``ts[-1]`` and the :class:`~sdediff.samplers.base.Observer` (``nfe``, ``seconds``)."""
         self._check_times(model.sde, ts)
         with self.observing(model, ts, state[0], progress=progress, desc=desc) as observe:
-            def timed(t, y):
-                observe.at(t)
-                return func(t, y)
-
-            ys = self.integrate(timed, state, ts, adjoint_params(model))
+            ys = self.integrate_in_clock(model.sde, func, state, ts, adjoint_params(model), observe)
             for i in range(1, ts.numel()):
                 observe(i, ys[0][i])
         return tuple(y[-1] for y in ys), observe
