@@ -252,6 +252,23 @@ def draw_probes(shape, probes: int, noise: str, generator: torch.Generator | Non
     return v.to(device)
 
 
+def batched_vjp(drift: torch.Tensor, x: torch.Tensor, grads: torch.Tensor,
+                create_graph: bool = False) -> torch.Tensor:
+    """The vector-Jacobian products ``grads[k]^T (d drift / d x)``, shape ``grads.shape``
+    ``(K, *x.shape)``: one batched backward pass (``is_grads_batched``, vmap), or, for a network
+    with an operation vmap does not support (diffusers' U-Nets: "NYI: querying is_contiguous
+    inside of vmap"), one backward pass per ``k``. A single product is always one plain pass."""
+    if grads.shape[0] > 1:
+        try:
+            return torch.autograd.grad(drift, x, grads, retain_graph=True,
+                                       create_graph=create_graph, is_grads_batched=True)[0]
+        except RuntimeError as error:
+            if "vmap" not in str(error):
+                raise
+    return torch.stack([torch.autograd.grad(drift, x, g, retain_graph=True,
+                                            create_graph=create_graph)[0] for g in grads])
+
+
 def exact_divergence(drift: torch.Tensor, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
     """``sum_i d drift_i / d x_i`` per sample ``(B,)``, from ``D`` vector-Jacobian products with the
     unit vectors (batched :data:`EXACT_CHUNK` at a time); ``drift`` must be a function of ``x``."""
@@ -261,9 +278,7 @@ def exact_divergence(drift: torch.Tensor, x: torch.Tensor, create_graph: bool = 
         idx = torch.arange(lo, min(D, lo + EXACT_CHUNK), device=x.device)
         basis = torch.zeros(len(idx), B, D, dtype=drift.dtype, device=drift.device)
         basis[torch.arange(len(idx)), :, idx] = 1
-        (vjp,) = torch.autograd.grad(drift, x, basis.reshape(len(idx), *x.shape),
-                                     retain_graph=True, create_graph=create_graph,
-                                     is_grads_batched=True)
+        vjp = batched_vjp(drift, x, basis.reshape(len(idx), *x.shape), create_graph)
         div = div + vjp.reshape(len(idx), B, D)[torch.arange(len(idx)), :, idx].sum(0)
     return div
 
@@ -271,8 +286,7 @@ def exact_divergence(drift: torch.Tensor, x: torch.Tensor, create_graph: bool = 
 def hutchinson_divergence(drift: torch.Tensor, x: torch.Tensor, v: torch.Tensor,
                           create_graph: bool = False) -> torch.Tensor:
     """``v_p^T (d drift / d x) v_p`` per sample and probe, shape ``(B, P)``; ``v``: ``(P, *x.shape)``."""
-    (vjp,) = torch.autograd.grad(drift, x, v, retain_graph=True, create_graph=create_graph,
-                                 is_grads_batched=True)
+    vjp = batched_vjp(drift, x, v, create_graph)
     return (vjp * v).flatten(2).sum(-1).T
 
 

@@ -312,3 +312,21 @@ def test_class_conditional_unets_are_refused():
                                  num_class_embeds=10)
     with pytest.raises(InputValueError, match="class-conditional .* not supported yet"):
         sd.ScoreModel.from_diffusers(unet, diffusers.DDPMScheduler())
+
+
+def test_likelihood_on_a_diffusers_unet_falls_back_from_vmap(unet):
+    """diffusers' U-Net backward cannot run under vmap (``is_grads_batched``): the divergences
+    fall back to one backward pass per vector, with the same values."""
+    from sdediff.ode import batched_vjp
+
+    model = sd.ScoreModel.from_diffusers(unet, diffusers.DDIMScheduler())
+    x = (torch.rand(SHAPE, generator=torch.Generator().manual_seed(4)) * 2 - 1).requires_grad_()
+    drift = model.sde.reverse_drift(model, x, torch.full((3,), 0.5, dtype=torch.float64),
+                                    probability_flow=True)
+    v = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(5))
+    one_by_one = torch.stack([batched_vjp(drift, x, v[k:k + 1])[0] for k in range(2)])
+    assert torch.equal(batched_vjp(drift, x, v), one_by_one)
+    for divergence, extra in (("exact", {}), ("hutchinson", {"probes": 2})):
+        nll = sd.log_likelihood(model, x.detach()[:1], divergence=divergence, method="rk4",
+                                steps=2, **extra)
+        assert bool(torch.isfinite(nll).all()), divergence

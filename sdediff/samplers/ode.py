@@ -9,6 +9,11 @@ The sample path solves, from ``x_T`` at ``T`` down to ``t_end``,
 integrates in decreasing time itself). The whole batch ``(B, ...)`` is one state of one
 ``odeint`` call; the drift's coefficients ``f``, ``g^2`` are computed in float64.
 
+A process whose coefficients jump in ``t`` (a diffusers chain, :class:`~sdediff.sde.DiscreteVPSDE`:
+``f`` is constant between its ``M`` nodes) is integrated in its clock ``c(t) = -log alpha(t)``,
+``dx/dc = (dx/dt) / c'(t)``, where the jumps cancel (:meth:`ProbabilityFlowODE.integrate_in_clock`);
+for the continuous processes the clock is ``t`` itself and nothing changes.
+
 ``method`` picks a torchdiffeq solver from :data:`METHODS` (order and network calls per step as
 data, kept here and tested against torchdiffeq's public ``odeint``: each runs, reaches its order
 and makes the declared calls):
