@@ -17,17 +17,11 @@ from sdediff import bench
 from sdediff.bench import peers, problems
 from sdediff.bench.metrics import frechet_distance
 from sdediff.cli import main
+from tests.test_cli import fails_with
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
-def fails_with(capsys, argv, pattern):
-    with pytest.raises(SystemExit) as info:
-        raise SystemExit(main(argv))
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("sdediff: error: "), err
-    assert pytest.importorskip("re").search(pattern, err), err
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from sdediff import bench
 from sdediff.bench import model as model_bench
 from sdediff.bench.metrics import rms
 from sdediff.cli import main
+from tests.test_cli import fails_with
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -166,13 +167,6 @@ def test_peers_run_on_the_models_chain():
     assert chain is None and "variance-preserving" in why
 
 
-def fails_with(capsys, argv, pattern):
-    with pytest.raises(SystemExit) as info:
-        raise SystemExit(main(argv))
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("sdediff: error: "), err
-    assert pytest.importorskip("re").search(pattern, err), err
 
 
 @pytest.mark.parametrize("argv, pattern", [

@@ -9,6 +9,7 @@ import torch
 import sdediff as sd
 from sdediff.cli import main
 from sdediff.pretrained import default_checkpoint
+from tests.test_cli import fails_with
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -16,14 +17,6 @@ diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def fails_with(capsys, argv, pattern):
-    """``argv`` exits 2 with one ``sdediff: error:`` line matching ``pattern``."""
-    import re
-
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("sdediff: error: "), err
-    assert re.search(pattern, err), err
 
 
 @pytest.fixture(scope="module")

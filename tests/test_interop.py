@@ -14,6 +14,7 @@ from sdediff.checks import InputValueError
 from sdediff.cli import main
 from sdediff.samplers.grids import diffusers_timesteps
 from sdediff.sde import DiscreteVPSDE, diffusers_timestep
+from tests.test_cli import fails_with
 
 diffusers = pytest.importorskip("diffusers")
 # A small U-Net on 8x8 images: two torch threads only wait on each other on a busy 2-core machine.
@@ -290,11 +291,8 @@ def test_bad_pipelines_are_one_line_errors(pipeline_dir, tmp_path, capsys, damag
         _edit_json(folder / "scheduler" / "scheduler_config.json", beta_schedule="sigmoid")
     else:
         (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
-    assert main(["sample", "--checkpoint", str(folder), "--num", "2", "--out",
-                 str(tmp_path / "s.npy"), "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("sdediff: error: ")
-    assert __import__("re").search(message, err), err
+    fails_with(capsys, ["sample", "--checkpoint", str(folder), "--num", "2", "--out",
+                        str(tmp_path / "s.npy"), "--no-progress"], message)
 
 
 def test_without_diffusers_loading_names_the_extra(pipeline_dir, monkeypatch):
