@@ -167,3 +167,73 @@ def check_batch(what: str, x: Any) -> torch.Tensor:
     if x.shape[0] == 0 or x[0].numel() == 0:
         raise InputValueError(f"{what} is empty (shape {tuple(x.shape)}); give at least one example")
     return x
+
+
+#: The device names ``device=`` and ``--device`` accept (``N`` an index).
+DEVICE_NAMES = ("cpu", "cuda", "cuda:N", "mps")
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
+def available_devices() -> list[str]:
+    """The device names this machine can use: ``cpu``, then ``cuda`` and ``cuda:0..`` and ``mps``
+    where present."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        names.append("mps")
+    return names
+
+
+def default_device() -> torch.device:
+    """``cuda`` when a CUDA device is available, else ``cpu`` (the CLI's ``--device`` default)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_device(name: Any) -> torch.device:
+    """A device name (``cpu``, ``cuda``, ``cuda:N``, ``mps``) or ``torch.device`` that this machine
+    has, as a ``torch.device``; a malformed or absent one raises naming the available devices."""
+    if isinstance(name, torch.device):
+        kind, index = name.type, name.index
+        text = str(name)
+    elif isinstance(name, str):
+        text = name.strip()
+        kind, sep, number = text.partition(":")
+        index = int(number) if number.isdigit() else None
+        if sep and (index is None or kind not in ("cuda", "mps")):
+            kind = None                                        # 'cuda:x', 'cpu:0', 'gpu:1'
+    else:
+        raise InputTypeError(f"device must be a name such as 'cpu' or 'cuda:0' or a torch.device, "
+                             f"got {name!r} ({type(name).__name__})")
+    available = _listing(available_devices())
+    if kind not in ("cpu", "cuda", "mps"):
+        raise InputValueError(f"unknown device {text!r}; allowed: {_listing(DEVICE_NAMES)} "
+                              f"(available here: {available})")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputValueError(f"device {text!r} is not available (no CUDA device: "
+                              f"torch.cuda.is_available() is False); available: {available}")
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        raise InputValueError(f"device {text!r} is not available ({torch.cuda.device_count()} CUDA "
+                              f"device(s)); available: {available}")
+    if kind == "mps" and (not _mps_available() or (index or 0) > 0):
+        raise InputValueError(f"device {text!r} is not available (no Apple MPS device); available: "
+                              f"{available}")
+    return torch.device(kind if index is None else f"{kind}:{index}")
+
+
+def coefficient_dtype(device) -> torch.dtype:
+    """The dtype of solver times and coefficients that must live on ``device``: float64, or
+    float32 with a one-line warning on a device without float64 (Apple MPS). Grids and the
+    per-step coefficient lists are computed on the host in float64 whatever the device; this
+    serves the tensors that run on the device (an adaptive ODE solve's times, per-sample drifts)."""
+    if torch.device(device).type != "mps":
+        return torch.float64
+    import warnings
+
+    warnings.warn("device mps has no float64: solver times and coefficients on it fall back to "
+                  "float32 (grids and per-step coefficients stay float64 on the host)", stacklevel=2)
+    return torch.float32

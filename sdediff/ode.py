@@ -71,6 +71,7 @@ from .checks import (
     check_int,
     check_same_shape,
     check_score_model,
+    coefficient_dtype,
 )
 from .samplers.base import SampleResult
 from .score import ScoreModel
@@ -159,15 +160,16 @@ def dequantize(x: torch.Tensor, n_levels: int, data_range=(-1.0, 1.0),
     low, high = _check_range(data_range)
     width = bin_width(n_levels, data_range)
     spacing = (high - low) / (n_levels - 1)
-    k = torch.round((x.double() - low) / spacing)
-    off = float((x.double() - (low + k * spacing)).abs().max())
+    wide = x.to(coefficient_dtype(x.device))                  # float64 (float32 on MPS)
+    k = torch.round((wide - low) / spacing)
+    off = float((wide - (low + k * spacing)).abs().max())
     if off > 1e-3 * spacing or float(k.min()) < 0 or float(k.max()) > n_levels - 1:
         raise InputValueError(f"x is not on the grid of {n_levels} levels over [{low:g}, {high:g}] "
                               f"(an entry is {off:.3g} off a level, or outside the range); dequantize "
                               "discrete data only, with their own n_levels and data_range")
     u = torch.rand(x.shape, generator=generator, dtype=torch.float64,
                    device=generator.device if generator is not None else x.device)
-    return (x.double() + width * (u.to(x.device) - 0.5)).to(x.dtype)
+    return (wide + width * (u.to(device=x.device, dtype=wide.dtype) - 0.5)).to(x.dtype)
 
 
 def _check_range(data_range) -> tuple[float, float]:
@@ -319,6 +321,7 @@ def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hu
         noise = check_choice("noise", "rademacher" if noise is None else noise, PROBE_NOISES)
     model, solver, ts = _solver(model, "ode", steps, t_min, adjoint, options, forward=True)
     sde = model.sde
+    time_dtype = coefficient_dtype(x0.device)     # float64 (float32 on MPS), once
     v = None if divergence == "exact" else draw_probes(
         x0.shape, P, noise, generator, x0.dtype, x0.device)
     D = x0[0].numel()
@@ -332,7 +335,7 @@ def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hu
         with torch.enable_grad():
             if not create_graph:
                 x = x.detach().requires_grad_(True)
-            drift = sde.reverse_drift(model, x, t.to(torch.float64), probability_flow=True)
+            drift = sde.reverse_drift(model, x, t.to(time_dtype), probability_flow=True)
             if v is None:
                 div = exact_divergence(drift, x, create_graph)[:, None]
             else:
@@ -371,13 +374,14 @@ def slerp(z_a: torch.Tensor, z_b: torch.Tensor, weights: torch.Tensor) -> torch.
     """
     check_same_shape("z_b", z_b, z_a, "z_a")
     B = z_a.shape[0]
-    a, b = z_a.reshape(B, -1).double(), z_b.reshape(B, -1).double()
+    dtype = coefficient_dtype(z_a.device)                       # float64 (float32 on MPS)
+    a, b = z_a.reshape(B, -1).to(dtype), z_b.reshape(B, -1).to(dtype)
     r_a, r_b = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
     if bool((r_a == 0).any() | (r_b == 0).any()):
         raise InputValueError("cannot slerp a zero latent: it has no direction")
     u_a, u_b = a / r_a, b / r_b
     theta = torch.arccos((u_a * u_b).sum(1, keepdim=True).clamp(-1, 1))   # (B, 1)
-    w = weights.double().reshape(1, -1, 1)                                 # (1, n, 1)
+    w = weights.to(device=a.device, dtype=dtype).reshape(1, -1, 1)        # (1, n, 1)
     theta = theta[:, :, None]
     sin = torch.sin(theta)
     # sin(w theta) / sin(theta) -> w as theta -> 0 (parallel latents: linear interpolation)

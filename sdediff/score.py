@@ -13,6 +13,7 @@ Prediction types, all equivalent given ``(alpha, sigma)`` and ``x = alpha x0 + s
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -25,6 +26,7 @@ from .checks import (
     check_choice,
     check_same_shape,
     check_tensor,
+    coefficient_dtype,
 )
 from .sde import ForwardProcess
 from .utils import batch_times, expand_like, scalar_time
@@ -122,6 +124,15 @@ class ScoreModel:
 
         return from_diffusers(unet, scheduler, autocast=autocast)
 
+    @property
+    def device(self) -> torch.device | None:
+        """Where the network's weights live (its first parameter or buffer): where samplers draw
+        their prior by default; ``None`` for a plain function (no weights)."""
+        if isinstance(self.net, torch.nn.Module):
+            for tensor in itertools.chain(self.net.parameters(), self.net.buffers()):
+                return tensor.device
+        return None
+
     def predict(self, x: torch.Tensor, t, kind: str) -> torch.Tensor:
         """One network call, converted to ``kind``.
 
@@ -136,6 +147,8 @@ class ScoreModel:
         check_tensor("x", x, finite=False)
         t_scalar = scalar_time(t)
         if t_scalar is None:
+            if x.device.type == "mps" and isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+                t = t.to(coefficient_dtype(x.device))       # MPS has no float64
             t = batch_times(t, x)
             check_batch_times(t, x.shape[0])
             t_net = t.to(x.dtype)
@@ -172,7 +185,10 @@ class ScoreModel:
         :meth:`~sdediff.samplers.base.Sampler.solve` calls this with its grid before the loop.
         The memo is keyed by the time's float64 value and belongs to ``self.sde`` (it is rebuilt
         when either changes), so it cannot go stale; it holds one grid (at most
-        :attr:`GRID_MEMO_TIMES` times) and a time off the grid is computed alone.
+        :attr:`GRID_MEMO_TIMES` times) and a time off the grid is computed alone. A grid on an
+        accelerator is not memoised (its times take the tensor path on the device, with no host
+        sync); :meth:`~sdediff.samplers.base.Sampler.solve` keeps its grid on the host, so the
+        memo serves every device.
         """
         times = ts.detach().to(torch.float64).flatten()
         if times.numel() > self.GRID_MEMO_TIMES or not times.is_cpu:

@@ -5,9 +5,10 @@ warm-up ``decay_n = min(decay, (1 + n) / (10 + n))``), a tqdm bar with the runni
 log and a loss-curve PNG, and atomic checkpoints (:mod:`sdediff.checkpoint`).
 
 Exact resume. All randomness of step ``n`` (batch indices, times, noise, dropout) comes from
-generators seeded with ``(seed, n, rank)`` inside :func:`torch.random.fork_rng`, so the random
-stream is a function of the step and the global RNG is left untouched. With the model, EMA and
-optimizer states restored, training ``2N`` steps equals ``N`` steps, resume, ``N`` steps, bit for bit.
+generators seeded with ``(seed, n, shard)`` inside :func:`torch.random.fork_rng` (a shard is a
+fixed part of the step's global batch, see below), so the random stream is a function of the step
+and the global RNG is left untouched. With the model, EMA and optimizer states restored, training
+``2N`` steps equals ``N`` steps, resume, ``N`` steps, bit for bit.
 
 Non-finite losses and gradients. ``on_nonfinite="stop"`` (default) raises
 :class:`~sdediff.checks.NumericalError` before the bad step touches the weights; nothing is saved,
@@ -20,13 +21,15 @@ Mixed precision. ``autocast="bfloat16"`` runs the network's forward (and so its 
 ``torch.autocast`` in bfloat16, on CPU as on GPU; weights, optimizer state, EMA and loss stay
 float32 (see :class:`~sdediff.score.ScoreModel`).
 
-Distributed. When ``torch.distributed`` is initialised (``torchrun``), the network is wrapped in
-``DistributedDataParallel``, each rank draws its own batch (its rank is in the seed) and only
-rank 0 writes checkpoints, logs and the progress bar.
+Distributed. When ``torch.distributed`` is initialised (``torchrun``, see ``docs/scale.md``), the
+network is wrapped in ``DistributedDataParallel`` and only rank 0 writes checkpoints, logs and the
+progress bar; see :class:`Trainer` for how the global batch is split so that ``W`` ranks train
+exactly what one process would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import math
@@ -79,6 +82,7 @@ class TrainConfig:
     on_nonfinite: str = "stop"
     max_skips: int = 10
     autocast: str | None = None
+    micro_batches: int = 1
 
     def __post_init__(self):
         check_int("steps", self.steps, minimum=1)
@@ -93,6 +97,11 @@ class TrainConfig:
         check_int("seed", self.seed, minimum=0)
         check_choice("on_nonfinite policy", self.on_nonfinite, NONFINITE_POLICIES)
         check_int("max_skips", self.max_skips, minimum=1)
+        check_int("micro_batches", self.micro_batches, minimum=1)
+        if self.batch_size % self.micro_batches:
+            raise InputValueError(f"batch_size {self.batch_size} does not split into micro_batches="
+                                  f"{self.micro_batches} equal parts; allowed: a batch_size that is a "
+                                  f"multiple of {self.micro_batches}, or fewer micro-batches")
         if self.autocast is not None:
             check_choice("autocast dtype", self.autocast, AUTOCAST_DTYPES)
 
@@ -108,6 +117,28 @@ class Trainer:
 
     ``meta`` is stored in the checkpoint config (for instance the data description);
     ``out_dir`` receives checkpoints, ``loss.csv`` and ``loss.png``.
+
+    Batches, shards and world size. ``config.batch_size`` ``b`` is the batch of one process; with
+    ``W`` processes (``torchrun``) a step trains on a global batch of ``W * b`` examples. Each
+    process cuts its batch into ``m = config.micro_batches`` equal parts (forward and backward one
+    part at a time: gradient accumulation), so the global batch is ``S = W * m`` *shards* of
+    ``b / m`` examples, shard ``k = rank * m + j`` for part ``j``. Everything random about shard
+    ``k`` at step ``n`` -- which examples (drawn uniformly with replacement from all of ``data``,
+    which every rank holds), their times ``t``, their noise, dropout -- comes from generators
+    seeded with ``(seed, n, k)``: a shard is drawn the same way whichever process draws it. The
+    loss of a shard is its mean; each part is back-propagated with weight ``1 / m`` and DDP
+    averages the gradients over the ``W`` ranks, so every rank holds the gradient of the mean
+    loss over the global batch (identical on all ranks, hence the same gradient clipping, AdamW
+    step and EMA), and the logged loss is that mean too (all-reduced). Hence a run depends on
+    ``S`` and the shard size, not on how the shards are spread over processes: ``W`` ranks with
+    batch ``b`` train what one process with ``batch_size = W * b`` and ``micro_batches = W``
+    trains, to float rounding (tested: ``tests/test_distributed.py``). The default
+    ``W = m = 1`` is the single shard ``k = 0``, the layout of a plain run.
+
+    Non-finite values across ranks. The loss of each part is all-reduced before its backward, so
+    a nan or inf on one rank is seen by every rank, and all of them stop (or skip the step)
+    together; the gradient norm is computed after DDP's all-reduce, so it is the same on every
+    rank. No rank is left waiting in a collective that another rank skipped.
     """
 
     def __init__(self, net: torch.nn.Module, sde, data: torch.Tensor, out_dir,
@@ -116,8 +147,16 @@ class Trainer:
         self.config = config or TrainConfig()
         self.prediction = check_choice("prediction", prediction, PREDICTIONS)
         self.rank, self.world_size = _dist_rank_world()
-        self.device = torch.device(device or "cpu")
+        from .checks import check_device
+
+        self.device = torch.device("cpu") if device is None else check_device(device)
         self.net = net.to(self.device)
+        train_net = self._ddp = None
+        if self.world_size > 1:
+            # Before the EMA copy: DDP's constructor broadcasts rank 0's weights to every rank.
+            index = self.device.index if self.device.type == "cuda" else None
+            train_net = self._ddp = torch.nn.parallel.DistributedDataParallel(
+                self.net, device_ids=None if index is None else [index])
         self.ema_net = copy.deepcopy(self.net).eval().requires_grad_(False)
         self.sde = sde
         self.data = check_batch("data", data)
@@ -127,10 +166,7 @@ class Trainer:
         self.step = 0
         self.skipped: list[int] = []
         self._consecutive_skips = 0
-        train_net = self.net
-        if self.world_size > 1:
-            train_net = torch.nn.parallel.DistributedDataParallel(self.net)
-        self.model = ScoreModel(train_net, sde, prediction=self.prediction,
+        self.model = ScoreModel(train_net or self.net, sde, prediction=self.prediction,
                                 autocast=self.config.autocast)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.config.lr,
                                            weight_decay=self.config.weight_decay)
@@ -138,7 +174,7 @@ class Trainer:
     # --- state ------------------------------------------------------------------------------
     def checkpoint_config(self) -> dict:
         return {"net": self.net.config, "sde": self.sde.config(), "prediction": self.prediction,
-                "data": self.meta, "train": asdict(self.config)}
+                "data": self.meta, "train": asdict(self.config), "world_size": self.world_size}
 
     def save(self) -> Path | None:
         """Checkpoint the current step (rank 0 writes; every rank waits for it)."""
@@ -177,8 +213,18 @@ class Trainer:
     def ema_decay_at(self, step: int) -> float:
         return min(self.config.ema_decay, (1 + step) / (10 + step))
 
-    def _step_seed(self, step: int) -> int:
-        return (self.config.seed * _SEED_STRIDE_STEP + step) * _SEED_STRIDE_RANK + self.rank
+    def _step_seed(self, step: int, shard: int) -> int:
+        return (self.config.seed * _SEED_STRIDE_STEP + step) * _SEED_STRIDE_RANK + shard
+
+    def _mean_over_ranks(self, loss: torch.Tensor) -> float:
+        """The mean of ``loss`` over the ranks (all-reduced; this process's value when alone). It
+        is non-finite everywhere once it is on one rank, so every rank takes the same branch."""
+        value = loss.detach().to(torch.float64).reshape(1)
+        if self.world_size > 1:
+            value = value.clone()
+            dist.all_reduce(value)
+            return float(value) / self.world_size
+        return float(value)
 
     def _nonfinite(self, what: str, value: float) -> None:
         """Apply ``on_nonfinite`` to a non-finite ``value``: raise, or record a skipped step."""
@@ -195,29 +241,42 @@ class Trainer:
                                f"(max_skips={self.config.max_skips}); {advice}")
 
     def train_step(self) -> float:
-        """One optimisation step at ``self.step``; returns the (local) loss.
+        """One optimisation step at ``self.step``; returns the loss (mean over the global batch).
 
         A non-finite loss or gradient norm is handled by ``config.on_nonfinite`` before the
-        optimizer or the EMA see it (see the module docstring).
+        optimizer or the EMA see it (see the module docstring); every rank decides alike.
         """
         cfg = self.config
+        parts = cfg.micro_batches
         self.net.train()
-        generator = torch.Generator(device=self.device).manual_seed(self._step_seed(self.step))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        total, good = 0.0, True
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._step_seed(self.step))  # dropout draws from the global RNG
-            idx = torch.randint(len(self.data), (cfg.batch_size,), generator=generator,
-                                device=self.device)
-            x0 = self.data[idx.to(self.data.device)].to(self.device)
-            loss = dsm_loss(self.model, x0, weighting=cfg.weighting, generator=generator)
-            value = float(loss.detach())
-            good = math.isfinite(value)
+            for part in range(parts):
+                seed = self._step_seed(self.step, self.rank * parts + part)
+                generator = torch.Generator(device=self.device).manual_seed(seed)
+                torch.manual_seed(seed)  # dropout draws from the global RNG
+                # DDP all-reduces the gradients in the backward of the last part only.
+                last = self._ddp is None or part == parts - 1
+                with contextlib.nullcontext() if last else self._ddp.no_sync():
+                    idx = torch.randint(len(self.data), (cfg.batch_size // parts,),
+                                        generator=generator, device=self.device)
+                    x0 = self.data[idx.to(self.data.device)].to(self.device)
+                    loss = dsm_loss(self.model, x0, weighting=cfg.weighting, generator=generator)
+                    value = self._mean_over_ranks(loss)
+                    if not math.isfinite(value):  # on every rank alike: none runs the backward
+                        good = False
+                        break
+                    (loss / parts).backward()
+                total += value
             if not good:
+                self.optimizer.zero_grad(set_to_none=True)
                 self._nonfinite("training loss", value)
             else:
-                for group in self.optimizer.param_groups:
-                    group["lr"] = self.lr_at(self.step)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                value = total / parts
+                # After DDP's all-reduce: the same gradients, so the same norm, on every rank.
                 norm = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip))
                 good = math.isfinite(norm)
                 if not good:  # an overflow in backward; clipping would spread it to every weight

@@ -69,7 +69,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import samplers as registry
-from ..checks import InputValueError, check_choice, check_float, check_int
+from ..checks import InputValueError, check_choice, check_device, check_float, check_int, coefficient_dtype
 from ..sde import DiscreteVPSDE
 from . import peers as diffusers_peers  # a module: tests switch diffusers off in it
 from .metrics import rms
@@ -213,8 +213,9 @@ def run_model_peer(name: str, steps: int, model, x_T: torch.Tensor, chain: PeerC
     nfe, start = 0, time.perf_counter()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)   # numpy 2 notices inside diffusers
-        for k in scheduler.timesteps:
-            t = torch.full((x.shape[0],), chain.time_of(k), dtype=torch.float64)
+        t_dtype = coefficient_dtype(x.device)    # float64 (float32 on MPS)
+        for k in scheduler.timesteps:            # on the host: k is read with no device sync
+            t = torch.full((x.shape[0],), chain.time_of(k), dtype=t_dtype, device=x.device)
             out = model.predict(scheduler.scale_model_input(x, k), t, kind=chain.kind)
             nfe += 1
             x = scheduler.step(out, k, x).prev_sample
@@ -291,12 +292,12 @@ def _model_about(checkpoint, model, config, num, seed, t_end, chain_about) -> li
             "Peers: none."]
 
 
-def _load(checkpoint):
+def _load(checkpoint, device=None):
     from ..checkpoint import load_model
     from ..pretrained import default_checkpoint
 
     checkpoint = default_checkpoint() if checkpoint is None else checkpoint
-    model, config = load_model(checkpoint)
+    model, config = load_model(checkpoint, device=device)
     shape = config.get("data", {}).get("shape")
     if not shape:
         raise InputValueError(f"{str(checkpoint)!r} does not record its data shape (config "
@@ -343,17 +344,23 @@ def run_model_bench(checkpoint: str | Path | None = None, samplers: str | Sequen
                     tolerances: str | Sequence[float] = TOLERANCES, num: int | None = None,
                     out: str | Path | None = None, seed: int = 0, progress: bool = True,
                     command: str | None = None, reference_tol: float | None = None,
-                    dtype: str = "float64") -> BenchResult:
+                    dtype: str = "float64", device=None) -> BenchResult:
     """Every sampler on the model at ``checkpoint`` by NFE against the reference (module
     docstring); with ``out``, write the files. ``samplers``: as
     :func:`~sdediff.bench.plan.resolve_samplers`; ``nfe``: budgets (default
     :data:`DEFAULT_NFE`); ``num``: samples (default :data:`DEFAULT_NUM`); ``reference_tol``:
     the reference's ``rtol = atol`` (default :data:`REFERENCE_TOL`); ``dtype``: the network's and
-    the samples' (``float64``, or ``float32`` as deployed)."""
+    the samples' (``float64``, or ``float32`` as deployed); ``device``: where the network, the
+    samples and the reference are computed (default the CPU; the same seeded ``x_T`` on every
+    device, drawn on the CPU and moved)."""
     budgets, tolerances, num, reference_tol, torch_dtype = _check_settings(
         nfe, tolerances, num, reference_tol, dtype)
+    device = torch.device("cpu") if device is None else check_device(device)
+    if device.type == "mps" and torch_dtype == torch.float64:
+        raise InputValueError("--dtype float64 cannot run on mps (it has no float64); use --dtype "
+                              "float32, or --device cpu")
     ours, peers = resolve_samplers(samplers)
-    checkpoint, model, config, shape = _load(checkpoint)   # a bad path fails before output
+    checkpoint, model, config, shape = _load(checkpoint, device)   # a bad path fails before output
     _cast(model, torch_dtype)
     notes: list[str] = []
     ours = _sdediff_samplers(ours, notes)
@@ -364,9 +371,9 @@ def run_model_bench(checkpoint: str | Path | None = None, samplers: str | Sequen
                           make_peer=make_peer)
     notes += skipped
     x_T = sde.prior_sample((num, *shape), generator=torch.Generator().manual_seed(seed),
-                           dtype=torch_dtype)
+                           dtype=torch_dtype).to(device)
     meta = _meta(checkpoint, model, num, seed, budgets, tolerances, t_end, command)
-    meta["dtype"] = dtype
+    meta["dtype"], meta["device"] = dtype, str(device)
     meta["about"] = _model_about(checkpoint, model, config, num, seed, t_end,
                                  chain.about if chain is not None else None)
     if peers:
@@ -398,8 +405,8 @@ def run_model_bench(checkpoint: str | Path | None = None, samplers: str | Sequen
 
 def _save_reference(out: Path, x_T: torch.Tensor, reference: Reference, t_end: float) -> Path:
     path = out / f"{MODEL_PROBLEM}_reference.pt"
-    torch.save({"x_T": x_T, "reference": reference.x, "t_end": t_end, "rtol": reference.tol,
-                "check_rms": reference.check_rms}, path)
+    torch.save({"x_T": x_T.cpu(), "reference": reference.x.cpu(), "t_end": t_end,
+                "rtol": reference.tol, "check_rms": reference.check_rms}, path)
     return path
 
 

@@ -45,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import samplers as registry
-from ..checks import InputValueError, check_choice, check_float, check_int
+from ..checks import InputValueError, check_choice, check_device, check_float, check_int
 from ..sde import VPSDE
 from . import peers as diffusers_peers  # a module: tests switch diffusers off in it
 from .metrics import energy_distance, rms, two_sample_floor
@@ -148,12 +148,12 @@ def _sweep_mixture(problem, tasks, num, seed, bar, notes) -> list[dict]:
     return rows
 
 
-def _sweep_digits(tasks, num, seed, checkpoint, bar, notes) -> tuple[list[dict], dict]:
+def _sweep_digits(tasks, num, seed, checkpoint, bar, notes, device=None) -> tuple[list[dict], dict]:
     from ..checkpoint import load_model
     from ..data import load_dataset
     from .digit_features import digits_frechet
 
-    model, config = load_model(checkpoint)
+    model, config = load_model(checkpoint, device=device)
     name = config.get("data", {}).get("name")
     if name != "digits":
         raise InputValueError(f"problem 'digits' needs a checkpoint trained on digits; {str(checkpoint)!r} "
@@ -163,7 +163,9 @@ def _sweep_digits(tasks, num, seed, checkpoint, bar, notes) -> tuple[list[dict],
     if num > len(data.train):
         raise InputValueError(f"--num {num} exceeds the {len(data.train)} training digits the floor "
                               "is drawn from")
+    # drawn on the CPU (the seed's generator) and moved: the same x_T on every device
     x_T = model.sde.prior_sample((num, *data.shape), generator=torch.Generator().manual_seed(seed))
+    x_T = x_T.to(model.device or "cpu")
     rows, grids = [], {}
     for task in tasks:
         bar.set_postfix_str(_label(task))
@@ -176,7 +178,7 @@ def _sweep_digits(tasks, num, seed, checkpoint, bar, notes) -> tuple[list[dict],
             notes.append(f"{_label(task)}: failed ({str(err).splitlines()[0]})")
             bar.update(1)
             continue
-        x = r.x.clamp(low, high)
+        x = r.x.clamp(low, high).cpu()             # the classifier runs on the CPU
         quality = digits_frechet(x, seed=seed)       # classifier features; floor: real vs real
         rows.append(_row("digits", task, r.nfe, "frechet_distance", quality.frechet,
                          quality.floor, r.seconds / num))
@@ -188,7 +190,7 @@ def _sweep_digits(tasks, num, seed, checkpoint, bar, notes) -> tuple[list[dict],
 @dataclass
 class DigitsRun:
     """One sampler at one NFE budget on a digits model: ``x`` are the samples clamped to the
-    digits' range ``[-1, 1]``, ``quality`` their
+    digits' range ``[-1, 1]`` (on the CPU, wherever the model runs), ``quality`` their
     :class:`~sdediff.bench.digit_features.DigitsQuality`."""
 
     sampler: str
@@ -215,7 +217,7 @@ def digits_by_budget(model, x_T: torch.Tensor, samplers: Sequence[str], budgets:
                 continue
             r = registry.sample(model, x_T=x_T, sampler=name, steps=fit[0],
                                 generator=torch.Generator().manual_seed(seed), return_info=True)
-            x = r.x.clamp(-1, 1)
+            x = r.x.clamp(-1, 1).cpu()             # the classifier runs on the CPU
             yield DigitsRun(name, budget, fit[0], r, x, digits_frechet(x))
 
 
@@ -224,7 +226,8 @@ def run_bench(problem: str, samplers: str | Sequence[str] = "all",
               tolerances: str | Sequence[float] = TOLERANCES, num: int | None = None,
               checkpoint: str | Path | None = None, out: str | Path | None = None, seed: int = 0,
               progress: bool = True, command: str | None = None,
-              reference_tol: float | None = None, dtype: str = "float64") -> BenchResult:
+              reference_tol: float | None = None, dtype: str = "float64",
+              device=None) -> BenchResult:
     """Run the sweep on ``problem`` and (with ``out``) write its files; see the module docstring.
 
     ``samplers``: ``"all"`` (every registered sampler and, on the mixtures, the diffusers peers),
@@ -234,14 +237,19 @@ def run_bench(problem: str, samplers: str | Sequence[str] = "all",
     ``problem="model"`` benchmarks the model at ``checkpoint`` against its own reference
     solution (``reference_tol``: its tolerance; ``dtype``: the network's and the samples'):
     :func:`sdediff.bench.model.run_model_bench`. Those two serve that problem only.
+
+    ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``; default the CPU): where the
+    network of the ``digits`` and ``model`` problems runs. The exact mixtures run on the CPU
+    (their score is a closed form on small tensors).
     """
     from .model import run_model_bench  # it builds on this module
 
     check_choice("problem", problem, PROBLEM_NAMES)
+    device = None if device is None else check_device(device)
     if problem == MODEL_PROBLEM:
         return run_model_bench(checkpoint, samplers=samplers, nfe=nfe, tolerances=tolerances,
                                num=num, out=out, seed=seed, progress=progress, command=command,
-                               reference_tol=reference_tol, dtype=dtype)
+                               reference_tol=reference_tol, dtype=dtype, device=device)
     digits = problem == "digits"
     if digits and samplers == "all" and nfe is None:
         samplers = DIGITS_DEFAULTS["samplers"]
@@ -253,6 +261,9 @@ def run_bench(problem: str, samplers: str | Sequence[str] = "all",
     num = check_int("--num", DEFAULT_NUM[problem] if num is None else num, minimum=2)
     ours, peers = resolve_samplers(samplers)
     notes = []
+    if not digits and device is not None and device.type != "cpu":
+        notes.append(f"the exact mixtures run on the CPU (closed-form score): --device {device} "
+                     "applies to the digits and model problems")
     if peers and digits:
         notes.append("diffusers peers run on the exact mixtures only: skipped on digits")
         peers = []
@@ -271,6 +282,7 @@ def run_bench(problem: str, samplers: str | Sequence[str] = "all",
     meta = {"problem": problem, "num": num, "seed": seed, "budgets": budgets,
             "tolerances": tolerances, "t_end": T_END, "rms_batch": min(RMS_BATCH, num),
             "checkpoint": None if checkpoint is None else str(checkpoint),
+            "device": str(device) if digits and device is not None else "cpu",
             "command": command or " ".join(sys.argv), "python": platform.python_version(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": f"{platform.machine()} {os.cpu_count()} cores",
@@ -285,7 +297,7 @@ def run_bench(problem: str, samplers: str | Sequence[str] = "all",
     with tqdm(total=len(tasks), desc=f"bench {problem}", disable=not progress,
               dynamic_ncols=True) as bar:
         if digits:
-            rows, grids = _sweep_digits(tasks, num, seed, checkpoint, bar, notes)
+            rows, grids = _sweep_digits(tasks, num, seed, checkpoint, bar, notes, device)
         else:
             rows = _sweep_mixture(problem, tasks, num, seed, bar, notes)
     meta["seconds"] = round(time.perf_counter() - start, 1)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sys
 
+from .common import add_device_argument, resolve_device
+
 #: What to give when neither --problem nor --checkpoint is.
 NO_PROBLEM = ("give --problem (gmm2d, gmm64, digits, model) or --checkpoint PATH (any model: a run "
               "directory, checkpoint folder or diffusers pipeline folder)")
@@ -26,15 +28,20 @@ def _problem(args) -> str:
 def cmd_bench(args) -> int:
     import torch
 
-    from ..bench import run_bench, summary_lines
+    from ..bench import MODEL_PROBLEM, run_bench, summary_lines
     from ..checks import check_int
 
     torch.set_num_threads(check_int("--threads", args.threads, minimum=1))
     command = "sdediff bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
-    result = run_bench(_problem(args), samplers=args.samplers, nfe=args.nfe,
+    problem = _problem(args)
+    device = resolve_device(args.device)
+    if args.device is None and problem not in ("digits", MODEL_PROBLEM):
+        device = None          # the exact mixtures run on the CPU; say so only when asked
+    result = run_bench(problem, samplers=args.samplers, nfe=args.nfe,
                        tolerances=args.tols, num=args.num, checkpoint=args.checkpoint,
                        out=args.out, seed=args.seed, progress=not args.no_progress,
-                       command=command, reference_tol=args.ref_tol, dtype=args.dtype)
+                       command=command, reference_tol=args.ref_tol, dtype=args.dtype,
+                       device=device)
     for note in result.notes:
         print(f"note: {note}")
     print("\n".join(summary_lines(result)))
@@ -74,5 +81,6 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the "
                    "mixtures' tensors are small, and timings are steadier; a large model gains "
                    "from more)")
+    add_device_argument(p)   # digits and model problems; the exact mixtures run on the CPU
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)

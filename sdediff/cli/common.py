@@ -1,5 +1,5 @@
 """What the ``sdediff`` commands share: one-line failures, processes by name, sampler options,
-writing samples."""
+writing samples, ``--device``."""
 
 from __future__ import annotations
 
@@ -72,6 +72,7 @@ def write_samples(x, out: Path, data_config: dict, data=None) -> list[Path]:
 
     from ..plotting import plot_points, save_image_grid
 
+    x = x.detach().cpu()             # samples made on an accelerator are written from the host
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".pt":
         torch.save(x.cpu(), out)
@@ -91,9 +92,24 @@ def add_checkpoint_argument(p) -> None:
                    "digits model)")
 
 
-def load_checkpoint_model(path: str | None):
-    """``(model, config)`` of the checkpoint at ``path``, or of the bundled digits model."""
+def load_checkpoint_model(path: str | None, device=None):
+    """``(model, config)`` of the checkpoint at ``path``, or of the bundled digits model, with
+    the network on ``device`` (default: the CPU)."""
     from ..checkpoint import load_model
     from ..pretrained import default_checkpoint
 
-    return load_model(default_checkpoint() if path is None else path)
+    return load_model(default_checkpoint() if path is None else path, device=device)
+
+
+def add_device_argument(p) -> None:
+    """``--device``, the same on every command that computes."""
+    p.add_argument("--device", help="where the network runs: cpu, cuda, cuda:N or mps (default: "
+                   "cuda when available, else cpu)")
+
+
+def resolve_device(name: str | None):
+    """The ``torch.device`` of ``--device``: checked (a missing or malformed device is one line
+    naming the available ones), or the default, cuda when available, else cpu."""
+    from ..checks import check_device, default_device
+
+    return default_device() if name is None else check_device(name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .common import fail, format_table, make_process
+from .common import add_device_argument, fail, format_table, make_process, resolve_device
 from .train import default_net
 
 #: Steps per sampler in the points demo: fast solvers get few, SDE samplers need more.
@@ -34,8 +34,9 @@ ROUND_TRIP, PAIRS, LIKELIHOOD_NUM = 10, 4, 100
 ROUND_TRIP_TOL = 1e-6
 
 
-def points_demo(args, out: Path, report: list[str]) -> None:
-    """Train an MLP on a toy set and run every sampler; appends its section to ``report``."""
+def points_demo(args, out: Path, report: list[str], device=None) -> None:
+    """Train an MLP on a toy set and run every sampler on ``device``; appends its section to
+    ``report``."""
     import torch
 
     from .. import samplers
@@ -52,7 +53,7 @@ def points_demo(args, out: Path, report: list[str]) -> None:
                       out / "model", config=TrainConfig(steps=args.steps, batch_size=512, lr=2e-3,
                                                         ema_decay=0.995,
                                                         checkpoint_every=args.steps),
-                      meta=dataset.to_config(), progress=not args.no_progress)
+                      meta=dataset.to_config(), progress=not args.no_progress, device=device)
     stats = trainer.fit()
     train_seconds = time.perf_counter() - start
     model = ScoreModel(trainer.ema_net, trainer.sde, prediction=trainer.prediction)
@@ -65,6 +66,7 @@ def points_demo(args, out: Path, report: list[str]) -> None:
         steps = None if samplers.get(name).adaptive else DEMO_STEPS.get(name, DEMO_DEFAULT_STEPS)
         result = samplers.sample(model, shape=(args.num, 2), sampler=name, steps=steps,
                                  generator=torch.Generator().manual_seed(1), return_info=True)
+        result.x = result.x.cpu()         # run on the model's device, measured and plotted here
         distance = energy_distance(result.x, reference)
         rows.append({"sampler": name, "steps": "adaptive" if steps is None else steps,
                      "nfe": result.nfe, "seconds": f"{result.seconds:.2f}",
@@ -77,7 +79,7 @@ def points_demo(args, out: Path, report: list[str]) -> None:
     flow = samplers.sample(model, shape=(256, 2), sampler="ddim", steps=100,
                            generator=torch.Generator().manual_seed(2), keep_trajectory=True,
                            return_info=True)
-    plot_trajectories(flow.trajectory, dataset.train, out / "trajectories.png")
+    plot_trajectories(flow.trajectory.cpu(), dataset.train, out / "trajectories.png")
     table = format_table(rows, ["sampler", "steps", "nfe", "seconds", "energy_distance", "floor"])
     print(table)
     report += [
@@ -89,8 +91,9 @@ def points_demo(args, out: Path, report: list[str]) -> None:
         "![trajectories](trajectories.png)", ""]
 
 
-def images_demo(args, out: Path, report: list[str]) -> None:
-    """The bundled digits model: samplers at 10 and 50 NFE, round trip, interpolation, bits/dim."""
+def images_demo(args, out: Path, report: list[str], device=None) -> None:
+    """The bundled digits model on ``device``: samplers at 10 and 50 NFE, round trip,
+    interpolation, bits/dim (measured and plotted on the CPU)."""
     import torch
 
     from ..bench import digits_by_budget
@@ -99,11 +102,12 @@ def images_demo(args, out: Path, report: list[str]) -> None:
     from ..plotting import plot_image_panels, plot_image_rows
     from .common import load_checkpoint_model
 
-    model, config = load_checkpoint_model(args.checkpoint)
+    model, config = load_checkpoint_model(args.checkpoint, device)
     sde, data = model.sde, load_digits()
     shape = tuple(config["data"]["shape"])
     low, high = data.data_range
     x_T = sde.prior_sample((IMAGE_NUM, *shape), generator=torch.Generator().manual_seed(0))
+    x_T = x_T.to(device)
     rows, panels = [], {}
     for run in digits_by_budget(model, x_T, IMAGE_SAMPLERS, IMAGE_NFE):
         name, r, x, q = run.sampler, run.result, run.x, run.quality
@@ -121,8 +125,9 @@ def images_demo(args, out: Path, report: list[str]) -> None:
 
     originals = data.test[:ROUND_TRIP]
     tol = {"rtol": ROUND_TRIP_TOL, "atol": ROUND_TRIP_TOL}
-    z = encode(model, originals, return_info=True, **tol)
+    z = encode(model, originals.to(device), return_info=True, **tol)
     back = decode(model, z.x, return_info=True, **tol)
+    z.x, back.x = z.x.cpu(), back.x.cpu()
     error = (back.x - originals).flatten(1).norm(dim=1) / originals.flatten(1).norm(dim=1)
     plot_image_rows({"held-out digits": originals, "latents z = x(T)": z.x.clamp(-3, 3) / 3,
                      "decode(encode(x))": back.x}, out / "digits_round_trip.png",
@@ -134,15 +139,15 @@ def images_demo(args, out: Path, report: list[str]) -> None:
     print(f"  {round_trip}")
 
     a, b = data.test[ROUND_TRIP:ROUND_TRIP + PAIRS], data.test[ROUND_TRIP + PAIRS:][:PAIRS]
-    path = interpolate(model, a, b, 10)
+    path = interpolate(model, a.to(device), b.to(device), 10).cpu()
     plot_image_rows({f"pair {k}": path[k] for k in range(PAIRS)}, out / "digits_interpolation.png",
                     data_range=(low, high))
 
     g = torch.Generator().manual_seed(0)
     held_out = dequantize(data.test[:LIKELIHOOD_NUM], data.n_levels, data.data_range, generator=g)
-    r = log_likelihood(model, held_out, generator=g, return_info=True)
+    r = log_likelihood(model, held_out.to(device), generator=g, return_info=True)
     D = held_out[0].numel()
-    nll = r.nll.double()
+    nll = r.nll.cpu().double()
     bpd = bits_per_dim(float(nll.mean()), D, n_levels=data.n_levels, data_range=data.data_range)
     se = float(nll.std()) / (len(nll) ** 0.5 * D * 0.6931471805599453)
     likelihood = (f"{bpd:.3f} +- {se:.3f} bits/dim on {LIKELIHOOD_NUM} held-out digits "
@@ -170,12 +175,13 @@ def cmd_demo(args) -> int:
     if load_dataset(args.data, seed=0).kind != "points":
         return fail(f"the demo needs a 2-D toy data set for --data, got {args.data!r}; allowed: "
                     "swissroll, moons, 8gaussians, checkerboard, gmm")
+    device = resolve_device(args.device)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     report = ["# sdediff demo", ""]
-    points_demo(args, out, report)
+    points_demo(args, out, report, device)
     if not args.no_images:
-        images_demo(args, out, report)
+        images_demo(args, out, report, device)
     report.append(f"Written by `sdediff demo` in {time.perf_counter() - start:.0f} s.")
     (out / "report.md").write_text("\n".join(report) + "\n")
     print(f"demo finished in {time.perf_counter() - start:.1f} s; wrote {out / 'report.md'} and "
@@ -193,5 +199,6 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", help="image model of the images part (default: the bundled "
                    "digits model)")
     p.add_argument("--no-images", action="store_true", help="the points part only")
+    add_device_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..checks import InputValueError
-from .common import add_checkpoint_argument, load_checkpoint_model, parse_options, write_samples
+from .common import (
+    add_checkpoint_argument,
+    add_device_argument,
+    load_checkpoint_model,
+    parse_options,
+    resolve_device,
+    write_samples,
+)
 
 #: Examples per solve in the ODE commands (adaptive step sizes are shared within a batch).
 ODE_BATCH_SIZE = 256
@@ -76,15 +83,17 @@ def _batches(x, batch_size: int):
     return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
 
 
-def _transport_all(function, model, x, args, options: dict, t_min: float, sampler: str, steps):
-    """``encode`` or ``decode`` batch by batch; returns ``(result, nfe, seconds)``."""
+def _transport_all(function, model, x, args, options: dict, t_min: float, sampler: str, steps,
+                   device):
+    """``encode`` or ``decode`` batch by batch on ``device``; returns ``(result, nfe, seconds)``
+    with the result on the CPU."""
     import torch
 
     outs, nfe, seconds = [], 0, 0.0
     for batch in _batches(x, args.batch_size):
-        r = function(model, batch, sampler=sampler, steps=steps, t_min=t_min,
+        r = function(model, batch.to(device), sampler=sampler, steps=steps, t_min=t_min,
                      progress=not args.no_progress, return_info=True, **options)
-        outs.append(r.x)
+        outs.append(r.x.cpu())
         nfe, seconds = nfe + r.nfe, seconds + r.seconds
     return torch.cat(outs), nfe, seconds
 
@@ -96,12 +105,13 @@ def cmd_encode(args) -> int:
 
     from ..ode import encode
 
-    model, config = load_checkpoint_model(args.checkpoint)
+    device = resolve_device(args.device)
+    model, config = load_checkpoint_model(args.checkpoint, device)
     x, what, _, _ = load_examples(args.data, args.input, args.num, config)
     options = _solver_options(args)
     t_min = model.sde.t_min if args.t_min is None else args.t_min
     z, nfe, seconds = _transport_all(encode, model, x, args, options, t_min, args.sampler,
-                                     args.steps)
+                                     args.steps, device)
     out = Path(args.out).with_suffix(".npy")
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, z.cpu().numpy())
@@ -124,7 +134,8 @@ def cmd_decode(args) -> int:
 
     from ..ode import decode
 
-    model, config = load_checkpoint_model(args.checkpoint)
+    device = resolve_device(args.device)
+    model, config = load_checkpoint_model(args.checkpoint, device)
     path = Path(args.input)
     if path.suffix.lower() != ".npy" or not path.is_file():
         raise FileNotFoundError(f"--input {args.input!r} must be a latents .npy file written by "
@@ -145,7 +156,8 @@ def cmd_decode(args) -> int:
     steps = args.steps if args.steps is not None else meta.get("steps")
     options = {**meta.get("options", {}), **_solver_options(args)}
     t_min = args.t_min if args.t_min is not None else meta.get("t_min", model.sde.t_min)
-    x, nfe, seconds = _transport_all(decode, model, z, args, options, t_min, sampler, steps)
+    x, nfe, seconds = _transport_all(decode, model, z, args, options, t_min, sampler, steps,
+                                     device)
     files = write_samples(x, Path(args.out).with_suffix(".npy"), config["data"])
     message = f"decoded {len(z)} latents with {sampler} (t_min {t_min:g}): NFE {nfe}, {seconds:.2f} s"
     if meta.get("data") or meta.get("input"):
@@ -170,11 +182,12 @@ def cmd_likelihood(args) -> int:
 
     from ..ode import bits_per_dim, dequantization_offset, dequantize, log_likelihood
 
-    model, config = load_checkpoint_model(args.checkpoint)
+    device = resolve_device(args.device)
+    model, config = load_checkpoint_model(args.checkpoint, device)
     x, what, n_levels, data_range = load_examples(args.data, args.input, args.num, config)
     if args.n_levels is not None:
         n_levels = args.n_levels
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator().manual_seed(args.seed)   # on the CPU: the same draws on every device
     if n_levels is not None and not args.no_dequantize:
         x = dequantize(x, n_levels, data_range, generator=g)
     options = _solver_options(args)
@@ -182,12 +195,12 @@ def cmd_likelihood(args) -> int:
     hutchinson = args.divergence == "hutchinson"
     nll, var, nfe, seconds = [], [], 0, 0.0
     for batch in _batches(x, args.batch_size):
-        r = log_likelihood(model, batch, divergence=args.divergence, generator=g,
+        r = log_likelihood(model, batch.to(device), divergence=args.divergence, generator=g,
                            probes=args.probes, noise=args.noise, t_min=t_min,
                            steps=args.steps, progress=not args.no_progress, return_info=True,
                            **options)
-        nll.append(r.nll)
-        var.append(None if r.stderr is None else r.stderr**2)
+        nll.append(r.nll.cpu())
+        var.append(None if r.stderr is None else r.stderr.cpu() ** 2)
         nfe, seconds = nfe + r.nfe, seconds + r.seconds
     nll = torch.cat(nll).double()
     N, D = len(nll), x[0].numel()
@@ -228,7 +241,8 @@ def cmd_interpolate(args) -> int:
     from ..ode import interpolate
     from ..plotting import plot_points, save_image_grid
 
-    model, config = load_checkpoint_model(args.checkpoint)
+    device = resolve_device(args.device)
+    model, config = load_checkpoint_model(args.checkpoint, device)
     x, what, _, _ = load_examples(args.data, args.input, None, config)
     pairs = args.pair or [[0, 1]]
     for i, j in pairs:
@@ -237,8 +251,9 @@ def cmd_interpolate(args) -> int:
     check_int("--num-steps", args.num_steps, minimum=2)
     a, b = x[[i for i, _ in pairs]], x[[j for _, j in pairs]]
     t_min = model.sde.t_min if args.t_min is None else args.t_min
-    path = interpolate(model, a, b, args.num_steps, sampler=args.sampler, steps=args.steps,
-                       t_min=t_min, progress=not args.no_progress, **_solver_options(args))
+    path = interpolate(model, a.to(device), b.to(device), args.num_steps, sampler=args.sampler,
+                       steps=args.steps, t_min=t_min, progress=not args.no_progress,
+                       **_solver_options(args)).cpu()
     out = Path(args.out).with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out.with_suffix(".npy"), path.cpu().numpy())
@@ -276,6 +291,7 @@ def _add_solver_arguments(p, sampler: bool = True, sampler_default: str | None =
     p.add_argument("--t-min", type=float, help="data end of the ODE (default the process's t_min: "
                    "1e-5 as Song et al.; 1/M for a diffusers model, its first index)")
     p.add_argument("--batch-size", type=int, default=ODE_BATCH_SIZE)
+    add_device_argument(p)
     if sampler:
         p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                        help="solver option, e.g. -o schedule=logsnr")

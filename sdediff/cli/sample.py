@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_checkpoint_argument, format_table, load_checkpoint_model, parse_options, write_samples
+from .common import (
+    add_checkpoint_argument,
+    add_device_argument,
+    format_table,
+    load_checkpoint_model,
+    parse_options,
+    resolve_device,
+    write_samples,
+)
 
 
 def sampler_rows() -> list[dict]:
@@ -54,14 +62,17 @@ def cmd_sample(args) -> int:
     from ..checks import check_int
     from ..data import load_dataset
 
-    model, config = load_checkpoint_model(args.checkpoint)
+    device = resolve_device(args.device)
+    model, config = load_checkpoint_model(args.checkpoint, device)
     check_int("--num", args.num, minimum=1)
     shape = (args.num, *config["data"]["shape"])
     options = parse_options(args.option)
     samplers.get(args.sampler, **options)  # unknown names and options fail before any work
+    # the seed's generator is on the CPU: the same prior draw on every device
     result = samplers.sample(model, shape=shape, sampler=args.sampler, steps=args.steps,
                              generator=torch.Generator().manual_seed(args.seed),
-                             progress=not args.no_progress, return_info=True, **options)
+                             progress=not args.no_progress, return_info=True, device=device,
+                             **options)
     data = None
     if config["data"].get("kind") == "points":
         try:
@@ -92,5 +103,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", default="samples.npy", help=".npy or .pt; a .png is written beside")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="sampler option, e.g. -o eta=0.5 -o schedule=logsnr")
+    add_device_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sample)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checks import InputValueError
-from .common import PROCESSES, fail, make_process
+from ..checks import InputError, InputValueError, NumericalError
+from .common import PROCESSES, add_device_argument, fail, make_process, resolve_device
 
 #: Training defaults per kind of data; command-line flags override them.
 PRESETS = {
@@ -82,7 +82,67 @@ def default_net(dataset, model: str, sde=None):
                 channel_mult=mult, attention_resolutions=(min(size, 16) // 2,))
 
 
+def init_distributed(device):
+    """Join torchrun's process group when torchrun started this process (``WORLD_SIZE`` > 1):
+    gloo on the CPU, nccl on CUDA with each rank on its own GPU, ``cuda:LOCAL_RANK``. Returns the
+    device this rank trains on."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or dist.is_initialized():
+        return device
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.index is not None:
+            raise InputValueError(f"--device {device} names one GPU but torchrun started {world} "
+                                  "processes; allowed: --device cuda (each rank takes cuda:LOCAL_RANK)")
+        if local >= torch.cuda.device_count():
+            raise InputValueError(f"torchrun started local rank {local} but this machine has "
+                                  f"{torch.cuda.device_count()} CUDA device(s); allowed: "
+                                  f"--nproc_per_node <= {torch.cuda.device_count()}, or --device cpu")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    elif device.type == "cpu":
+        backend = "gloo"
+    else:
+        raise InputValueError(f"--device {device} cannot train on {world} processes; allowed: cpu "
+                              "(gloo) or cuda (nccl)")
+    dist.init_process_group(backend)
+    return device
+
+
 def cmd_train(args) -> int:
+    """``sdediff train``; under torchrun, rank 0 alone prints (and writes, see Trainer).
+
+    Input and numerical errors are met alike on every rank (the same arguments and data, and the
+    non-finite decision is all-reduced), so only rank 0 reports them: one line, not one per rank.
+    """
+    import os
+
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        return _train(args, rank)
+    except (InputError, NumericalError) as err:
+        if os.environ.get("SDEDIFF_TRACEBACK", "") not in ("", "0"):
+            raise
+        if rank != 0:
+            return 2
+        # The line sdediff's main() would print, printed here, before this rank leaves the group:
+        # torchrun stops the job as soon as one rank has exited.
+        lines = str(err).splitlines()
+        return fail(lines[0] if lines else type(err).__name__)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(args, rank: int) -> int:
     import torch
 
     from ..checkpoint import read_config, resolve_checkpoint
@@ -91,16 +151,18 @@ def cmd_train(args) -> int:
     from ..sde import sde_from_config
     from ..train import TrainConfig, Trainer, train_config_from
 
+    device = init_distributed(resolve_device(args.device))
+    say = print if rank == 0 else (lambda *a, **k: None)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputValueError(f"--out {str(out)!r} is a file; allowed: a new directory, or a run "
                               "directory to continue with --resume")
     has_run = (out / "checkpoints" / "latest").is_file()
     if has_run and not args.resume:
-        return fail(f"{str(out)!r} already holds a training run; pass --resume to continue it "
-                     "or choose another --out")
+        raise InputValueError(f"{str(out)!r} already holds a training run; pass --resume to continue "
+                              "it or choose another --out")
     if args.resume and not has_run:
-        return fail(f"--resume given but {str(out)!r} holds no checkpoint to resume")
+        raise InputValueError(f"--resume given but {str(out)!r} holds no checkpoint to resume")
     dataset = load_dataset(args.data, seed=args.seed)
     if args.resume:
         saved = read_config(resolve_checkpoint(out))
@@ -122,7 +184,7 @@ def cmd_train(args) -> int:
         preset = dict(PRESETS[dataset.kind])
         model = args.model or preset.pop("model")
         preset.pop("model", None)
-        for key in ("steps", "batch_size", "lr", "checkpoint_every"):
+        for key in ("steps", "batch_size", "lr", "checkpoint_every", "micro_batches"):
             if getattr(args, key) is not None:
                 preset[key] = getattr(args, key)
         config = TrainConfig(**preset, weighting=args.weighting, seed=args.seed,
@@ -135,18 +197,23 @@ def cmd_train(args) -> int:
             torch.manual_seed(args.seed)
             net = default_net(dataset, model, sde)
     trainer = Trainer(net, sde, dataset.train, out, config=config, prediction=prediction,
-                      meta=dataset.to_config(), progress=not args.no_progress)
+                      meta=dataset.to_config(), progress=not args.no_progress, device=device)
     if args.resume:
-        print(f"resuming {out} at step {trainer.resume()}")
+        say(f"resuming {out} at step {trainer.resume()}")
+        saved_world, world = saved.get("world_size", 1), trainer.world_size
+        if saved_world != world:
+            say(f"note: the run trained on {saved_world} process(es) and resumes on {world}: its "
+                f"global batch changes from {saved_world * config.batch_size} to "
+                f"{world * config.batch_size}, so it continues differently from an uninterrupted run")
     stats = trainer.fit()
     n_params = sum(p.numel() for p in net.parameters())
     final = "n/a" if stats["final_loss"] is None else f"{stats['final_loss']:.4f}"
     skipped = f", {len(trainer.skipped)} non-finite steps skipped" if trainer.skipped else ""
-    print(f"trained {type(net).__name__} ({n_params:,} parameters) on {dataset.name} "
-          f"for {stats['steps']} steps in {stats['seconds']:.1f} s "
-          f"({stats['examples_per_second']:.0f} examples/s), final loss {final}{skipped}")
-    print(f"checkpoint: {resolve_checkpoint(out)}")
-    print(f"loss log: {out / 'loss.csv'}  loss curve: {out / 'loss.png'}")
+    say(f"trained {type(net).__name__} ({n_params:,} parameters) on {dataset.name} "
+        f"for {stats['steps']} steps in {stats['seconds']:.1f} s "
+        f"({stats['examples_per_second']:.0f} examples/s), final loss {final}{skipped}")
+    say(f"checkpoint: {resolve_checkpoint(out)}")
+    say(f"loss log: {out / 'loss.csv'}  loss curve: {out / 'loss.png'}")
     return 0
 
 
@@ -161,6 +228,10 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--micro-batches", type=int,
+                   help="split each process's batch into this many parts, one forward and backward "
+                        "each (gradient accumulation); with --batch-size N*B and --micro-batches N one "
+                        "process trains what N torchrun processes with --batch-size B train")
     p.add_argument("--model", choices=MODELS, help="default: mlp for points, unet for images; "
                    "diffusers-unet (images) is diffusers' UNet2DModel, exportable with sdediff export")
     p.add_argument("--sde", choices=PROCESSES,
@@ -175,5 +246,6 @@ def add_parser(sub) -> None:
     p.add_argument("--autocast", choices=("bfloat16",),
                    help="run the network in bfloat16 under torch.autocast (CPU or GPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    add_device_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)

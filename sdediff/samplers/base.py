@@ -47,6 +47,7 @@ from ..checks import (
     NumericalError,
     check_batch,
     check_choice,
+    check_device,
     check_float,
     check_int,
     check_options,
@@ -108,8 +109,8 @@ class Observer:
             self.trajectory.append(x.detach().clone())
 
     def at(self, t) -> None:
-        if not self.by_time:
-            return
+        if not self.by_time or self.bar.disable:
+            return      # no bar to move: do not read t (on an accelerator that waits for it)
         t = float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
         reached = int(self.RESOLUTION * min(1.0, (t - self.start) / self.span))
         if reached > self.done:
@@ -292,6 +293,11 @@ class Sampler:
     def _solve(self, model, x, ts, generator, denoise, progress, desc, keep_trajectory
                ) -> SampleResult:
         """:meth:`solve` once its arguments are checked."""
+        where = model.device
+        if where is not None and x.device != where:
+            raise InputValueError(f"x is on {x.device} but the model's network is on {where}; move "
+                                  f"one of them (x.to({str(where)!r}), or load the model with "
+                                  f"device={str(x.device)!r})")
         noise = None
         if self.is_stochastic():
             noise = BrownianNoise.from_generator(x.shape, model.sde.T, generator, dtype=x.dtype,
@@ -315,7 +321,9 @@ class Sampler:
     def _check_times(sde, ts) -> torch.Tensor:
         if not isinstance(ts, torch.Tensor):
             raise InputTypeError(f"ts must be a 1-D tensor of times, got {type(ts).__name__}")
-        ts = ts.to(torch.float64).flatten()
+        # the grid lives on the host, whatever the device: its times are read as Python floats
+        # (one time per step, no device sync) and its coefficients computed once in float64
+        ts = ts.detach().to(device="cpu", dtype=torch.float64).flatten()
         if ts.numel() < 2:
             raise InputValueError(f"ts needs at least 2 times, got {ts.numel()}")
         steps = ts[1:] - ts[:-1]
@@ -335,7 +343,13 @@ class Sampler:
         """Generate: the prior draw (of ``shape``, seeded by ``generator``; or the given ``x_T``),
         this sampler's grid from ``T`` to ``t_end`` (default :data:`T_END`), :meth:`solve`, and
         the final denoise. A diffusers spacing ends at its own last timestep and refuses
-        ``t_end``."""
+        ``t_end``.
+
+        ``device``: where the prior is drawn and the sampler runs (``"cpu"``, ``"cuda"``,
+        ``"cuda:N"``, ``"mps"``; default: the model's, :attr:`ScoreModel.device
+        <sdediff.score.ScoreModel.device>`). A draw seeded by a generator on another device is
+        made there and moved, so one seed gives one ``x_T`` on every device. A given ``x_T`` is
+        moved to ``device`` when one is named."""
         model = check_score_model(model)
         sde = model.sde
         if t_end is not None and self.spacing():
@@ -344,14 +358,21 @@ class Sampler:
                                   "a continuous grid (schedule='logsnr', ...) to end at t_end")
         t_end = T_END if t_end is None else t_end
         check_float("t_end", t_end, 0.0, sde.T, low_open=True, high_open=True)
+        named = None if device is None else check_device(device)
+        device = model.device if named is None else named
         if x_T is None:
             if shape is None:
                 raise InputValueError("give either shape=(batch, ...) or x_T")
-            x_T = sde.prior_sample(tuple(shape), generator=generator, dtype=dtype, device=device)
+            where = generator.device if generator is not None else device
+            x_T = sde.prior_sample(tuple(shape), generator=generator, dtype=dtype, device=where)
+            if device is not None:
+                x_T = x_T.to(device)
         else:
             check_batch("x_T", x_T)
             if shape is not None:
                 check_shape("x_T", x_T, tuple(shape))
+            if named is not None:
+                x_T = x_T.to(named)
         # the grid is the sampler's own and x_T is checked: straight to the solve
         return self._solve(model, x_T, self.grid(sde, steps, t_end), generator, denoise,
                            progress, None, keep_trajectory)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import coefficient_dtype
 from . import register
 from .base import Sampler
 
@@ -36,9 +37,11 @@ class EulerMaruyama(Sampler):
         dt = (ts[:-1] - ts[1:]).tolist()                            # dt_i > 0, float64
         g_sqrt_dt = (sde.diffusion(ts[:-1]) * torch.sqrt(ts[:-1] - ts[1:])).tolist()
         times = ts.tolist()
+        # the drift takes its times on x's device (one copy here, none per step)
+        t_dev = ts.to(device=x.device, dtype=coefficient_dtype(x.device))
         last = len(dt) - 1
         for i, (t_cur, t_next) in enumerate(zip(times[:-1], times[1:], strict=True)):
-            drift = sde.reverse_drift(model, x, ts[i])              # f x - g^2 score at t_i
+            drift = sde.reverse_drift(model, x, t_dev[i])           # f x - g^2 score at t_i
             x = x - drift * dt[i]                                   # deterministic part, back in time
             if i < last:
                 x = x + g_sqrt_dt[i] * noise.normal(t_cur, t_next)  # + g sqrt(dt) z

@@ -50,7 +50,9 @@ class BrownianNoise:
     @classmethod
     def from_generator(cls, shape, T: float, generator: torch.Generator | None,
                        dtype=torch.float32, device=None) -> BrownianNoise:
-        seed = int(torch.randint(_SEED_BOUND, (1,), generator=generator))
+        # drawn where the generator lives (a CUDA generator cannot draw on the CPU)
+        seed = int(torch.randint(_SEED_BOUND, (1,), generator=generator,
+                                 device=None if generator is None else generator.device))
         return cls(shape, T, seed, dtype=dtype, device=device)
 
     def increment(self, t_cur: float, t_next: float) -> torch.Tensor:

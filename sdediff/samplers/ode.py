@@ -53,7 +53,14 @@ from typing import NamedTuple
 import torch
 from torchdiffeq import odeint, odeint_adjoint
 
-from ..checks import NumericalError, check_bool, check_choice, check_float, check_options
+from ..checks import (
+    NumericalError,
+    check_bool,
+    check_choice,
+    check_float,
+    check_options,
+    coefficient_dtype,
+)
 from . import register
 from .base import Sampler
 
@@ -156,6 +163,9 @@ class ProbabilityFlowODE(Sampler):
         underflow, non-finite state: torchdiffeq's ``AssertionError``) becomes
         :class:`~sdediff.checks.NumericalError`."""
         name = self.options["method"]
+        first = y0[0] if isinstance(y0, tuple) else y0
+        # the times on the state's device (torchdiffeq would copy them there itself, warning)
+        ts = ts.to(device=first.device, dtype=coefficient_dtype(first.device))
         if self.adaptive:   # end each solve exactly on its last time: an overshoot past T (or
             options = {"step_t": ts[-1:]}   # below t_end) would call the model outside [0, T]
             backward = {"step_t": ts[:1]}   # the adjoint pass runs ts backwards (a step_t at
@@ -186,11 +196,15 @@ class ProbabilityFlowODE(Sampler):
 
             return self.integrate(timed, y0, ts, params)
 
+        first = y0[0] if isinstance(y0, tuple) else y0
+        dtype = coefficient_dtype(first.device)
+
         def clocked(c, y):
-            t = sde.time_of_clock(c.to(torch.float64))
+            t = sde.time_of_clock(c.to(dtype))
             if observe is not None:
                 observe.at(t)
-            rate = float(sde.clock_rate(t))
+            rate = sde.clock_rate(t)
+            rate = float(rate) if rate.is_cpu else rate.to(first.dtype)   # no device sync
             out = func(t, y)
             return tuple(v / rate for v in out) if isinstance(out, tuple) else out / rate
 
@@ -199,8 +213,10 @@ class ProbabilityFlowODE(Sampler):
     def run(self, model, x, ts, noise, observe):
         sde = model.sde
 
+        dtype = coefficient_dtype(x.device)
+
         def drift(t, x):                                   # dx/dt = f x - g^2 score / 2
-            return sde.reverse_drift(model, x, t.to(torch.float64), probability_flow=True)
+            return sde.reverse_drift(model, x, t.to(dtype), probability_flow=True)
 
         xs = self.integrate_in_clock(sde, drift, x, ts, adjoint_params(model), observe)
         for i in range(1, xs.shape[0]):

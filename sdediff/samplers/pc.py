@@ -33,21 +33,23 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_float, check_int
+from ..checks import check_float, check_int, coefficient_dtype
 from . import register
 from .base import Sampler
 from .reverse_diffusion import reverse_diffusion_coefficients, reverse_diffusion_step
 
 
-def _mean_norm(v: torch.Tensor) -> torch.Tensor:
-    """Batch mean of the per-sample L2 norms, in float64."""
-    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1, dtype=torch.float64).mean()
+def _mean_norm(v: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Batch mean of the per-sample L2 norms, in float64 (``dtype``: float32 on MPS), on ``v``'s
+    device: the step size never leaves it (no host sync per move)."""
+    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1, dtype=dtype).mean()
 
 
 def langevin_step(x: torch.Tensor, score: torch.Tensor, z: torch.Tensor, snr: float,
-                  alpha: float) -> torch.Tensor:
-    """One Langevin move ``x + eps s + sqrt(2 eps) z`` with ``eps = 2 alpha (snr ||z|| / ||s||)^2``."""
-    eps = 2 * alpha * (snr * _mean_norm(z) / _mean_norm(score)) ** 2
+                  alpha: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """One Langevin move ``x + eps s + sqrt(2 eps) z`` with ``eps = 2 alpha (snr ||z|| / ||s||)^2``
+    (the norms in ``dtype``)."""
+    eps = 2 * alpha * (snr * _mean_norm(z, dtype) / _mean_norm(score, dtype)) ** 2
     return x + eps.to(x.dtype) * score + torch.sqrt(2 * eps).to(x.dtype) * z
 
 
@@ -72,11 +74,12 @@ class PredictorCorrector(Sampler):
         alpha = ((1 + f) ** 2).tolist()                                # (alpha_i / alpha_{i+1})^2
         f, G = f.tolist(), G.tolist()
         times = ts.tolist()
+        dtype = coefficient_dtype(x.device) if M else torch.float64
         last = len(f) - 1
         for i, (t_cur, t_next) in enumerate(zip(times[:-1], times[1:], strict=True)):
             for k in range(M):                                         # corrector at t_i
                 score = model.score(x, ts[i])
-                x = langevin_step(x, score, noise.corrector_normal(i, k), snr, alpha[i])
+                x = langevin_step(x, score, noise.corrector_normal(i, k), snr, alpha[i], dtype)
             score = model.score(x, ts[i])                              # predictor t_i -> t_{i+1}
             z = noise.normal(t_cur, t_next) if i < last else None      # no noise at the end
             x = reverse_diffusion_step(x, score, f[i], G[i], z)

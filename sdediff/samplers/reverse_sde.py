@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 import torchsde
 
-from ..checks import check_choice
+from ..checks import check_choice, coefficient_dtype
 from . import register
 from .base import Sampler
 from .noise import BrownianNoise
@@ -96,15 +96,19 @@ class _ReverseTimeSDE:
     noise_type = "diagonal"
     sde_type = "ito"
 
-    def __init__(self, model, shape, T: float):
+    def __init__(self, model, shape, T: float, device=None):
         self.model, self.shape, self.T = model, tuple(shape), T
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.dtype = coefficient_dtype(self.device)
         self._drifts = []  # (s, y, drift) evaluated in the current step
 
     def new_step(self):
         self._drifts.clear()
 
     def _time(self, s) -> torch.Tensor:
-        return torch.tensor(self.T - float(s), dtype=torch.float64)
+        # s is a host time (the span is on the CPU); the model's time is filled on its device,
+        # with no host-to-device copy
+        return torch.full((), self.T - float(s), dtype=self.dtype, device=self.device)
 
     def f(self, s, y):
         for s_seen, y_seen, drift in self._drifts:
@@ -116,7 +120,7 @@ class _ReverseTimeSDE:
         return drift
 
     def g(self, s, y):
-        return self.model.sde.diffusion(self._time(s)).to(y.dtype).expand_as(y)
+        return self.model.sde.diffusion(self._time(s)).to(y.dtype).expand_as(y)   # on y's device
 
 
 @register("sde")
@@ -141,12 +145,13 @@ class ReverseSDE(Sampler):
             noise = BrownianNoise(noise.shape, noise.T, noise.seed, dtype=noise.dtype,
                                   device=noise.device, levy_area_approximation=_LEVY_AREA[method])
         bm = _ReversedBrownian(noise, x.shape[0])
-        sde = _ReverseTimeSDE(model, x.shape, T)
+        sde = _ReverseTimeSDE(model, x.shape, T, device=x.device)
         s = (T - ts).tolist()                                     # 0 = s_0 < ... < s_N = T - t_end
         y = x.reshape(x.shape[0], -1)
         for i, (s_cur, s_next) in enumerate(zip(s[:-1], s[1:], strict=True)):
             sde.new_step()
-            span = torch.tensor([s_cur, s_next], dtype=torch.float64, device=x.device)
+            # on the host: torchsde's step loop compares its times in Python (no device sync)
+            span = torch.tensor([s_cur, s_next], dtype=torch.float64)
             y = torchsde.sdeint(sde, y, span, bm=bm, method=method, dt=2 * (s_next - s_cur),
                                 adaptive=False)[-1]               # one step of `method`
             observe(i + 1, y.reshape(x.shape))
