@@ -30,12 +30,9 @@ import uuid
 from pathlib import Path
 
 from .checks import InputValueError
-from .interop import PREDICTION_TYPES
+from .interop import DIFFUSERS_PREDICTION_TYPES
 from .nets.diffusers_unet import DiffusersUNet, import_diffusers
 from .sde import DiscreteVPSDE
-
-#: sdediff's prediction -> diffusers' ``prediction_type`` (the inverse of ``PREDICTION_TYPES``).
-DIFFUSERS_PREDICTION_TYPES = {ours: theirs for theirs, ours in PREDICTION_TYPES.items()}
 
 
 def check_exportable(model) -> None:

@@ -28,6 +28,8 @@ from .sde import DiscreteVPSDE
 
 #: diffusers' ``prediction_type`` -> sdediff's prediction.
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+#: sdediff's prediction -> diffusers' ``prediction_type`` (the inverse; ``score`` has none).
+DIFFUSERS_PREDICTION_TYPES = {ours: theirs for theirs, ours in PREDICTION_TYPES.items()}
 #: The U-Net classes sdediff wraps (unconditional, pixel space).
 SUPPORTED_UNETS = ("UNet2DModel",)
 #: Schedulers whose config describes a variance-preserving discrete chain of betas.

@@ -15,11 +15,6 @@ import torch
 
 from .checks import check_choice, check_float, check_tensor
 from .score import ScoreModel
-from .sde import ForwardProcess
-
-#: Smallest training time (Song et al. 2021): sigma(1e-5) = 1e-3 for the linear VP; the default
-#: of every process (``ForwardProcess.t_min``; a discrete chain's is its first index, 1/M).
-T_MIN = ForwardProcess.t_min
 
 WEIGHTINGS = ("eps", "likelihood")
 
@@ -37,6 +32,7 @@ def dsm_loss(model: ScoreModel, x0: torch.Tensor, weighting: str = "eps",
     """Scalar denoising score matching loss of ``model`` on the batch ``x0`` ``(B, ...)``.
 
     ``generator`` seeds both the times and the noise, so a seeded loss is reproducible.
+    ``t_min`` defaults to the process's (1e-5, Song et al.; a discrete chain's first index 1/M).
     """
     check_tensor("x0", x0)
     check_choice("weighting", weighting, WEIGHTINGS)

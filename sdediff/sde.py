@@ -406,7 +406,7 @@ def diffusers_timestep(t: torch.Tensor, num_train_timesteps: int) -> torch.Tenso
     """The (fractional) timestep input of a network trained on an ``M``-step chain, at
     continuous time ``t``: ``t M - 1``, so that index ``i`` sits at ``t_i = (i + 1)/M`` (``T = 1``
     is index ``M - 1``; index 0 is ``t = 1/M``). The one home of this map
-    (:meth:`DiscreteVPSDE.model_time`, :class:`~sdediff.nets.DiffusersUNet`); computed in
+    (:class:`~sdediff.nets.DiffusersUNet` calls it); computed in
     float64 so that a grid time ``(i + 1)/M`` gives back exactly ``i`` in float32."""
     return as_time(t).to(torch.float64) * num_train_timesteps - 1
 
@@ -549,10 +549,6 @@ class DiscreteVPSDE(ForwardProcess):
 
     def clock_rate(self, t):
         return -self.f(t)
-
-    def model_time(self, t) -> torch.Tensor:
-        """The network's timestep input at time ``t``: :func:`diffusers_timestep`."""
-        return diffusers_timestep(t, self.num_train_timesteps)
 
     def index_to_time(self, i) -> torch.Tensor:
         """Continuous time ``(i + 1)/M`` of the 0-based chain index ``i`` (float64)."""

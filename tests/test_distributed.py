@@ -41,6 +41,7 @@ import sdediff.train as train_module
 from sdediff.checkpoint import read_config, resolve_checkpoint
 from sdediff.cli import main
 from sdediff.nets import MLP
+from tests.test_reliability_faults import final_state, loss_rows
 
 WORLD, BATCH, STEPS = 2, 16, 12
 
@@ -286,22 +287,6 @@ def child_env() -> dict:
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                          env.get("PYTHONPATH", "")])
     return env
-
-
-def final_state(out: Path) -> dict:
-    folder = resolve_checkpoint(out)
-    state = {f"model.{k}": v for k, v in load_file(str(folder / "model.safetensors")).items()}
-    state |= {f"ema.{k}": v for k, v in load_file(str(folder / "ema.safetensors")).items()}
-    opt = torch.load(folder / "optimizer.pt", weights_only=True)
-    for i, s in opt["state"].items():
-        state |= {f"opt.{i}.{k}": torch.as_tensor(v) for k, v in s.items()}
-    state["step"] = torch.tensor(read_config(folder)["step"])
-    return state
-
-
-def loss_rows(out: Path) -> list[list[str]]:
-    with open(out / "loss.csv", newline="") as fh:
-        return [row[:3] for row in csv.reader(fh)]  # step, loss, lr (not the wall time)
 
 
 def test_sigkill_of_a_torchrun_job_then_resume_under_torchrun_is_bit_for_bit(tmp_path):

@@ -70,6 +70,7 @@ from tqdm.auto import tqdm
 
 from .. import samplers as registry
 from ..checks import InputValueError, check_choice, check_device, check_float, check_int, coefficient_dtype
+from ..interop import DIFFUSERS_PREDICTION_TYPES
 from ..sde import DiscreteVPSDE
 from . import peers as diffusers_peers  # a module: tests switch diffusers off in it
 from .metrics import rms
@@ -94,15 +95,13 @@ CHECK_MARGIN = 0.1
 CHAIN_STEPS = 1000
 #: ``--dtype``: the network's and the samples' dtype in every run (float64 by default).
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
-#: sdediff prediction -> diffusers ``prediction_type`` (a ``score`` model is asked for eps).
-PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
 
 
 def model_t_end(sde) -> float:
     """Where the model's samplers stop: ``1/M`` (index 0 of the chain, where diffusers' last
     step starts from) for a :class:`~sdediff.sde.DiscreteVPSDE`, else :data:`T_END` (``1e-3``)."""
     if isinstance(sde, DiscreteVPSDE):
-        return float(sde.index_to_time(0))
+        return sde.t_min                      # = index_to_time(0)
     return T_END
 
 
@@ -183,8 +182,9 @@ def peer_chain(model) -> tuple[PeerChain | None, str | None]:
     ``(k + 1) T / M``.
     """
     sde = model.sde
-    kind = model.prediction if model.prediction in PREDICTION_TYPES else "eps"
-    common = {"prediction_type": PREDICTION_TYPES[kind]}
+    # a ``score`` model (no diffusers prediction_type) is asked for eps
+    kind = model.prediction if model.prediction in DIFFUSERS_PREDICTION_TYPES else "eps"
+    common = {"prediction_type": DIFFUSERS_PREDICTION_TYPES[kind]}
     if isinstance(sde, DiscreteVPSDE):
         config = {k: v for k, v in sde.config().items() if k != "name"}
         return PeerChain({**config, **common}, lambda k: float(sde.index_to_time(float(k))),

@@ -43,7 +43,7 @@ def resolve_process(model: str, sde: str | None) -> str:
 def check_model_prediction(model: str, prediction: str) -> None:
     """A diffusers U-Net must predict what a diffusers scheduler can read (``score`` is not one of
     them): refuse it now rather than at ``sdediff export``, after training."""
-    from ..export import DIFFUSERS_PREDICTION_TYPES
+    from ..interop import DIFFUSERS_PREDICTION_TYPES
 
     if model == "diffusers-unet" and prediction not in DIFFUSERS_PREDICTION_TYPES:
         raise InputValueError(f"--prediction {prediction!r} cannot train --model {model} (diffusers "
