@@ -13,6 +13,7 @@ from .ode import bits_per_dim, decode, encode, interpolate, log_likelihood
 from .samplers import sample
 from .score import PREDICTIONS, GaussianMixture, ScoreModel, convert_prediction
 from .sde import VESDE, VPSDE, DDPMChain, DiscreteVPSDE, ForwardProcess, SubVPSDE
+from .streams import SampleSeeds
 from .train import TrainConfig, Trainer
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "GaussianMixture",
     "NumericalError",
     "PREDICTIONS",
+    "SampleSeeds",
     "ScoreModel",
     "SubVPSDE",
     "TrainConfig",

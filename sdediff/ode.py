@@ -76,6 +76,7 @@ from .checks import (
 from .samplers.base import SampleResult
 from .score import ScoreModel
 from .sde import ForwardProcess
+from .streams import PROBES, SampleSeeds, normal, rademacher, uniform
 
 #: Song et al.'s likelihood and encoding end time (paper appendix D.2; score_sde ``eps=1e-5``).
 T_MIN = ForwardProcess.t_min
@@ -149,7 +150,7 @@ def bits_per_dim(nll, D: int, n_bits: int | None = None, data_range=(-1.0, 1.0),
 
 
 def dequantize(x: torch.Tensor, n_levels: int, data_range=(-1.0, 1.0),
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | SampleSeeds | None = None) -> torch.Tensor:
     """Uniform dequantization: ``x + w (u - 1/2)``, ``u ~ U[0, 1)``, ``w`` = :func:`bin_width`.
 
     ``x`` must lie on the ``n_levels``-level grid ``low + k (high - low) / (n_levels - 1)`` (as
@@ -167,8 +168,7 @@ def dequantize(x: torch.Tensor, n_levels: int, data_range=(-1.0, 1.0),
         raise InputValueError(f"x is not on the grid of {n_levels} levels over [{low:g}, {high:g}] "
                               f"(an entry is {off:.3g} off a level, or outside the range); dequantize "
                               "discrete data only, with their own n_levels and data_range")
-    u = torch.rand(x.shape, generator=generator, dtype=torch.float64,
-                   device=generator.device if generator is not None else x.device)
+    u = uniform(x.shape, generator, dtype=torch.float64, device=x.device)
     return (wide + width * (u.to(device=x.device, dtype=wide.dtype) - 0.5)).to(x.dtype)
 
 
@@ -240,18 +240,17 @@ def decode(model: ScoreModel, z: torch.Tensor, *, sampler: str = "ode", steps: i
 
 # ----------------------------------------------------------------------------------- likelihood
 
-def draw_probes(shape, probes: int, noise: str, generator: torch.Generator | None,
+def draw_probes(shape, probes: int, noise: str, generator: torch.Generator | SampleSeeds | None,
                 dtype: torch.dtype, device=None) -> torch.Tensor:
     """``probes`` Skilling-Hutchinson probes per sample, shape ``(probes, *shape)``, with
     ``E[v v^T] = I``: Rademacher (``+-1`` with probability 1/2) or standard Gaussian."""
     check_choice("noise", noise, PROBE_NOISES)
-    full = (probes, *shape)
-    where = generator.device if generator is not None else device
-    if noise == "rademacher":
-        v = torch.randint(0, 2, full, generator=generator, device=where).to(dtype) * 2 - 1
-    else:
-        v = torch.randn(full, generator=generator, dtype=dtype, device=where)
-    return v.to(device)
+    draw = rademacher if noise == "rademacher" else normal
+    if isinstance(generator, SampleSeeds):    # sample i's probes from (seed, i): (B, probes, ...)
+        per_sample = (shape[0], probes, *shape[1:])
+        return draw(per_sample, generator, dtype=dtype, device=device,
+                    stream=PROBES).transpose(0, 1)
+    return draw((probes, *shape), generator, dtype=dtype, device=device, stream=PROBES)
 
 
 def batched_vjp(drift: torch.Tensor, x: torch.Tensor, grads: torch.Tensor,
@@ -294,7 +293,8 @@ def hutchinson_divergence(drift: torch.Tensor, x: torch.Tensor, v: torch.Tensor,
 
 def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hutchinson",
                    probes: int | None = None, noise: str | None = None,
-                   generator: torch.Generator | None = None, t_min: float | None = None,
+                   generator: torch.Generator | SampleSeeds | None = None,
+                   t_min: float | None = None,
                    steps: int | None = None, adjoint: bool = False, progress: bool = False,
                    return_info: bool = False, **options):
     """Negative log-likelihood ``-log p_{t_min}(x0)`` in nats per sample, shape ``(B,)``.
@@ -303,7 +303,8 @@ def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hu
     to ``(z, delta)`` at ``T``, and ``log p = prior_logp(z) + delta``. ``divergence``:
     ``"exact"`` (``D`` vector-Jacobian products per call; small ``D``) or ``"hutchinson"``
     (``probes`` per sample, default 1, ``noise`` ``"rademacher"`` (default) or ``"gaussian"``,
-    drawn once from ``generator``). ``options``: the ``ode`` sampler's (``method``, ``rtol``,
+    drawn once from ``generator``; :class:`~sdediff.streams.SampleSeeds` draws sample ``i``'s
+    from ``(seed, i)``). ``options``: the ``ode`` sampler's (``method``, ``rtol``,
     ``atol``, ``schedule``; ``steps`` for fixed-step methods). ``adjoint=True``: differentiable
     with respect to ``x0`` and the network's parameters. With ``return_info=True`` returns a
     :class:`LikelihoodResult` (standard error when ``probes >= 2``, latents, NFE).

@@ -124,6 +124,16 @@ class ScoreModel:
 
         return from_diffusers(unet, scheduler, autocast=autocast)
 
+    def compiled(self, **options) -> ScoreModel:
+        """This model with its network through ``torch.compile(net, **options)``: the same
+        predictions to float rounding, and the same weights (shared, not copied); the first calls
+        at each new input shape pay the compilation. On the CPU it needs a C++ compiler."""
+        if not isinstance(self.net, torch.nn.Module):
+            raise InputTypeError(f"compiled() needs a torch.nn.Module network, got "
+                                 f"{type(self.net).__name__}")
+        return ScoreModel(torch.compile(self.net, **options), self.sde, prediction=self.prediction,
+                          autocast=self.autocast)
+
     @property
     def device(self) -> torch.device | None:
         """Where the network's weights live (its first parameter or buffer): where samplers draw

@@ -199,13 +199,19 @@ class ForwardProcess(Marginals):
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         return expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps, eps
 
-    def prior_sample(self, shape, generator: torch.Generator | None = None,
-                     dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-        """A draw from ``p_T = N(0, prior_std^2 I)`` of the given shape."""
+    def prior_sample(self, shape, generator=None, dtype: torch.dtype = torch.float32,
+                     device=None) -> torch.Tensor:
+        """A draw from ``p_T = N(0, prior_std^2 I)`` of the given shape, on ``device``.
+
+        ``generator``: a ``torch.Generator`` (the draw is made on its device and moved, so one
+        seed gives one draw on every device) or :class:`~sdediff.streams.SampleSeeds` (row ``i``
+        from ``(seed, start + i)`` alone)."""
+        from .streams import normal
+
         shape = tuple(shape)
         for n in shape:
             check_int("each entry of shape", n, minimum=1)
-        return self.prior_std * torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        return self.prior_std * normal(shape, generator, dtype=dtype, device=device)
 
     def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
         """``log p_T(z)`` per sample, shape ``(B,)``; ``z``: ``(B, ...)``."""

@@ -116,7 +116,9 @@ class Trainer:
     """Train ``net`` (predicting ``prediction``) on ``data`` ``(N, ...)`` under process ``sde``.
 
     ``meta`` is stored in the checkpoint config (for instance the data description);
-    ``out_dir`` receives checkpoints, ``loss.csv`` and ``loss.png``.
+    ``out_dir`` receives checkpoints, ``loss.csv`` and ``loss.png``. ``compile=True`` runs the
+    forward passes through ``torch.compile`` (:meth:`ScoreModel.compiled
+    <sdediff.score.ScoreModel.compiled>`); it changes speed, not the run (not saved).
 
     Batches, shards and world size. ``config.batch_size`` ``b`` is the batch of one process; with
     ``W`` processes (``torchrun``) a step trains on a global batch of ``W * b`` examples. Each
@@ -143,7 +145,8 @@ class Trainer:
 
     def __init__(self, net: torch.nn.Module, sde, data: torch.Tensor, out_dir,
                  config: TrainConfig | None = None, prediction: str = "eps",
-                 meta: dict | None = None, progress: bool = True, device=None):
+                 meta: dict | None = None, progress: bool = True, device=None,
+                 compile: bool = False):
         self.config = config or TrainConfig()
         self.prediction = check_choice("prediction", prediction, PREDICTIONS)
         self.rank, self.world_size = _dist_rank_world()
@@ -168,6 +171,8 @@ class Trainer:
         self._consecutive_skips = 0
         self.model = ScoreModel(train_net or self.net, sde, prediction=self.prediction,
                                 autocast=self.config.autocast)
+        if compile:    # the forward passes only: weights, EMA and checkpoints are self.net's
+            self.model = self.model.compiled()
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.config.lr,
                                            weight_decay=self.config.weight_decay)
 

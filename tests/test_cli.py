@@ -24,7 +24,7 @@ def fails_with(capsys, argv, pattern):
 def test_unknown_data_set_is_one_line(capsys, tmp_path):
     fails_with(capsys, ["train", "--data", "nope", "--out", str(tmp_path / "r")],
                r"unknown data set 'nope'; allowed: swissroll, moons, 8gaussians, checkerboard, "
-               r"gmm, digits, or a path")
+               r"gmm, digits, mnist, mnist:FOLDER, or a path")
 
 
 def test_console_entry_point_exits_2_without_traceback(tmp_path):

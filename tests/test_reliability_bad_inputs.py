@@ -25,7 +25,8 @@ from sdediff.data import load_dataset
 from sdediff.nets import MLP
 
 ALLOWED_SAMPLERS = re.escape(", ".join(sd.samplers.available()))
-ALLOWED_DATA = r"allowed: swissroll, moons, 8gaussians, checkerboard, gmm, digits, or a path"
+ALLOWED_DATA = (r"allowed: swissroll, moons, 8gaussians, checkerboard, gmm, digits, mnist, mnist:FOLDER, "
+                r"or a path")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py

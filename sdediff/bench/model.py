@@ -70,13 +70,22 @@ from tqdm.auto import tqdm
 
 from .. import samplers as registry
 from ..checks import InputValueError, check_choice, check_device, check_float, check_int, coefficient_dtype
+from ..distributed import rank_world, share
 from ..interop import DIFFUSERS_PREDICTION_TYPES
 from ..sde import DiscreteVPSDE
 from . import peers as diffusers_peers  # a module: tests switch diffusers off in it
 from .metrics import rms
 from .plan import TOLERANCES, Task, parse_list, plan, resolve_samplers
 from .report import BenchResult, write_results
-from .sweep import MODEL_PROBLEM, T_END, _check_finite, _label, _load_average, _row
+from .sweep import (
+    MODEL_PROBLEM,
+    T_END,
+    _check_finite,
+    _label,
+    _load_average,
+    _row,
+    sweep_shared,
+)
 
 #: NFE budgets by default: the few-step range where the choice of sampler matters.
 DEFAULT_NFE = (5, 10, 20, 50)
@@ -381,12 +390,18 @@ def run_model_bench(checkpoint: str | Path | None = None, samplers: str | Sequen
 
         meta["diffusers"] = diffusers.__version__
     start = time.perf_counter()
-    with tqdm(total=len(tasks) + 1, desc="bench model", disable=not progress,
-              dynamic_ncols=True) as bar:
+    rank, world = rank_world()
+    with tqdm(total=len(share(tasks)) + 1, desc="bench model", dynamic_ncols=True,
+              disable=not progress or rank != 0) as bar:
         bar.set_postfix_str(f"reference (ode {reference_tol:g})")
-        reference = reference_solution(model, x_T, t_end, reference_tol)
+        reference = reference_solution(model, x_T, t_end, reference_tol)   # on every rank
         bar.update(1)
-        rows = _sweep(tasks, model, x_T, t_end, chain, reference, bar, notes)
+        shared = sweep_shared(lambda mine: _sweep(mine, model, x_T, t_end, chain, reference, bar,
+                                                  notes), tasks, notes)
+    if shared is None:   # not rank 0: rank 0 writes
+        return None
+    rows, notes = shared
+    meta["processes"] = world
     text, ratio = _reference_note(reference, rows)
     notes.insert(0, text)
     if ratio is not None and ratio > CHECK_MARGIN:

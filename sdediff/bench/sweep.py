@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from .. import samplers as registry
 from ..checks import InputValueError, check_choice, check_device, check_float, check_int
+from ..distributed import gather_objects, rank_world, share
 from ..sde import VPSDE
 from . import peers as diffusers_peers  # a module: tests switch diffusers off in it
 from .metrics import energy_distance, rms, two_sample_floor
@@ -75,6 +76,25 @@ def _row(problem, task: Task, nfe, metric, value, floor, seconds, steps=None) ->
             "steps": task.steps if steps is None else steps, "nfe": int(nfe), "metric": metric,
             "value": float(value), "floor": None if floor is None else float(floor),
             "seconds": float(seconds)}
+
+
+def _task_key(sampler, source, options, budget) -> tuple:
+    return sampler, source, repr(sorted(dict(options).items())), budget
+
+
+def sweep_shared(sweep, tasks: list[Task], notes: list[str]) -> tuple[list[dict], list[str]] | None:
+    """``sweep(some_tasks) -> rows`` on this rank's share of ``tasks`` under torchrun (task ``k``
+    on rank ``k mod W``; the tasks are independent runs from the same seeded ``x_T``), gathered
+    on rank 0 in the order of ``tasks``: ``(rows, notes)`` there, ``None`` on the other ranks.
+    One process runs every task."""
+    order = {_task_key(t.sampler, t.source, t.options, t.budget): k for k, t in enumerate(tasks)}
+    rows = sweep(share(tasks))
+    gathered = gather_objects([(rows, notes)])
+    if gathered is None:
+        return None
+    rows = sorted((r for part, _ in gathered for r in part), key=lambda r: order[_task_key(
+        r["sampler"], r["source"], r["options"], r["budget"])])
+    return rows, list(dict.fromkeys(n for _, part in gathered for n in part))
 
 
 def _check_finite(x: torch.Tensor, label: str) -> None:
@@ -241,6 +261,9 @@ def run_bench(problem: str, samplers: str | Sequence[str] = "all",
     ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``; default the CPU): where the
     network of the ``digits`` and ``model`` problems runs. The exact mixtures run on the CPU
     (their score is a closed form on small tensors).
+
+    Under torchrun the runs are shared out (:func:`sweep_shared`): rank 0 gathers the rows,
+    writes and returns the result; the other ranks return ``None``.
     """
     from .model import run_model_bench  # it builds on this module
 
@@ -294,12 +317,24 @@ def run_bench(problem: str, samplers: str | Sequence[str] = "all",
         meta["diffusers"] = diffusers.__version__
     start = time.perf_counter()
     grids = {}
-    with tqdm(total=len(tasks), desc=f"bench {problem}", disable=not progress,
-              dynamic_ncols=True) as bar:
+    rank, world = rank_world()
+    with tqdm(total=len(share(tasks)), desc=f"bench {problem}", dynamic_ncols=True,
+              disable=not progress or rank != 0) as bar:
         if digits:
-            rows, grids = _sweep_digits(tasks, num, seed, checkpoint, bar, notes, device)
+            def sweep(mine):
+                rows, found = _sweep_digits(mine, num, seed, checkpoint, bar, notes, device)
+                grids.update(found)
+                return rows
         else:
-            rows = _sweep_mixture(problem, tasks, num, seed, bar, notes)
+            def sweep(mine):
+                return _sweep_mixture(problem, mine, num, seed, bar, notes)
+        shared = sweep_shared(sweep, tasks, notes)
+    every_grid = gather_objects([grids])        # the digits runs' time grids, from every rank
+    if shared is None:   # not rank 0: rank 0 writes
+        return None
+    rows, notes = shared
+    grids = {key: grid for part in every_grid for key, grid in part.items()}
+    meta["processes"] = world
     meta["seconds"] = round(time.perf_counter() - start, 1)
     meta["load_average_end"] = _load_average()
     result = BenchResult(problem, rows, notes, meta)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from ..checks import InputError, NumericalError
+from ..distributed import RankLost, leave
 from . import bench, demo, export, ode, sample, train
 from .common import Parser, fail, parse_options
 from .ode import load_examples
@@ -47,10 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         if os.environ.get("SDEDIFF_TRACEBACK", "") not in ("", "0"):
             raise
+        # Under torchrun every rank meets the same input error: rank 0 reports it, once. A lost
+        # rank is news to each survivor. Printed before leaving the group: torchrun stops the
+        # job as soon as one rank has exited.
         lines = str(err).splitlines()
-        return fail(lines[0] if lines else type(err).__name__)
+        return fail(lines[0] if lines else type(err).__name__, every_rank=isinstance(err, RankLost))
     except KeyboardInterrupt:
         return fail("interrupted")
+    finally:
+        leave()
 
 
 __all__ = ["PRESETS", "SAMPLER_COLUMNS", "build_parser", "fail", "load_examples", "main",

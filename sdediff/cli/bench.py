@@ -30,11 +30,12 @@ def cmd_bench(args) -> int:
 
     from ..bench import MODEL_PROBLEM, run_bench, summary_lines
     from ..checks import check_int
+    from ..distributed import init_distributed
 
     torch.set_num_threads(check_int("--threads", args.threads, minimum=1))
     command = "sdediff bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
     problem = _problem(args)
-    device = resolve_device(args.device)
+    device = init_distributed(resolve_device(args.device))   # torchrun: the runs shared out
     if args.device is None and problem not in ("digits", MODEL_PROBLEM):
         device = None          # the exact mixtures run on the CPU; say so only when asked
     result = run_bench(problem, samplers=args.samplers, nfe=args.nfe,
@@ -42,6 +43,8 @@ def cmd_bench(args) -> int:
                        out=args.out, seed=args.seed, progress=not args.no_progress,
                        command=command, reference_tol=args.ref_tol, dtype=args.dtype,
                        device=device)
+    if result is None:         # not rank 0: rank 0 writes
+        return 0
     for note in result.notes:
         print(f"note: {note}")
     print("\n".join(summary_lines(result)))

@@ -4,6 +4,7 @@ writing samples, ``--device``."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -22,10 +23,21 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(fail(message))
 
 
-def fail(message: str) -> int:
-    """Print ``sdediff: error: message`` on stderr; returns the exit status 2."""
-    print(f"sdediff: error: {message}", file=sys.stderr)
+def fail(message: str, every_rank: bool = False) -> int:
+    """Print ``sdediff: error: message`` on stderr; returns the exit status 2. Under torchrun
+    only rank 0 prints, unless ``every_rank`` (every rank parses the same arguments and meets
+    the same input errors)."""
+    if every_rank or os.environ.get("RANK", "0") == "0":
+        print(f"sdediff: error: {message}", file=sys.stderr)
     return 2
+
+
+def on_ranks() -> str:
+    """`` (rank 0 of W: its share of the calls and time)`` under torchrun, else ``""``."""
+    from ..distributed import rank_world
+
+    rank, world = rank_world()
+    return f" (rank {rank} of {world}: its share of the calls and time)" if world > 1 else ""
 
 
 def make_process(name: str):
@@ -74,11 +86,19 @@ def write_samples(x, out: Path, data_config: dict, data=None) -> list[Path]:
 
     x = x.detach().cpu()             # samples made on an accelerator are written from the host
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".pt":
-        torch.save(x.cpu(), out)
-    else:
+    if out.suffix != ".pt":
         out = out.with_suffix(".npy")
-        np.save(out, x.cpu().numpy())
+    # staged and renamed: an interrupted run never leaves a partial file under the final name
+    staged = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        with open(staged, "wb") as f:
+            if out.suffix == ".pt":
+                torch.save(x, f)
+            else:
+                np.save(f, x.numpy())
+        os.replace(staged, out)
+    finally:
+        staged.unlink(missing_ok=True)
     png = out.with_suffix(".png")
     if data_config.get("kind") == "images":
         save_image_grid(x[:100], png, data_range=tuple(data_config.get("data_range", (-1, 1))))
@@ -99,6 +119,11 @@ def load_checkpoint_model(path: str | None, device=None):
     from ..pretrained import default_checkpoint
 
     return load_model(default_checkpoint() if path is None else path, device=device)
+
+
+def add_compile_argument(p) -> None:
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (faster "
+                   "calls after a one-time compilation; on the CPU it needs a C++ compiler)")
 
 
 def add_device_argument(p) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..checks import InputValueError
+from ..distributed import gather, init_distributed, rank_world
+from ..streams import SampleSeeds
 from .common import (
     add_checkpoint_argument,
     add_device_argument,
     load_checkpoint_model,
+    on_ranks,
     parse_options,
     resolve_device,
     write_samples,
@@ -76,26 +79,29 @@ def _solver_options(args) -> dict:
     return options
 
 
-def _batches(x, batch_size: int):
+def _my_batches(x, batch_size: int):
+    """This rank's ``(start, batch)`` pairs: ``x`` in batches of ``batch_size`` (the batches a
+    single process runs), batch ``k`` on rank ``k mod world`` (:mod:`sdediff.distributed`)."""
     from ..checks import check_int
+    from ..distributed import my_batches
 
     check_int("--batch-size", batch_size, minimum=1)
-    return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+    return [(a, x[a:b]) for a, b in my_batches(len(x), batch_size)]
 
 
 def _transport_all(function, model, x, args, options: dict, t_min: float, sampler: str, steps,
                    device):
-    """``encode`` or ``decode`` batch by batch on ``device``; returns ``(result, nfe, seconds)``
-    with the result on the CPU."""
-    import torch
-
+    """``encode`` or ``decode`` batch by batch on ``device``, shared out under torchrun; returns
+    ``(result, nfe, seconds)`` with the whole result on rank 0 (``None`` on the others) and this
+    rank's calls and time."""
     outs, nfe, seconds = [], 0, 0.0
-    for batch in _batches(x, args.batch_size):
+    for start, batch in _my_batches(x, args.batch_size):
         r = function(model, batch.to(device), sampler=sampler, steps=steps, t_min=t_min,
-                     progress=not args.no_progress, return_info=True, **options)
-        outs.append(r.x.cpu())
+                     progress=rank_world()[0] == 0 and not args.no_progress, return_info=True,
+                     **options)
+        outs.append((start, r.x))
         nfe, seconds = nfe + r.nfe, seconds + r.seconds
-    return torch.cat(outs), nfe, seconds
+    return gather(outs), nfe, seconds
 
 
 def cmd_encode(args) -> int:
@@ -105,22 +111,24 @@ def cmd_encode(args) -> int:
 
     from ..ode import encode
 
-    device = resolve_device(args.device)
+    device = init_distributed(resolve_device(args.device))
     model, config = load_checkpoint_model(args.checkpoint, device)
     x, what, _, _ = load_examples(args.data, args.input, args.num, config)
     options = _solver_options(args)
     t_min = model.sde.t_min if args.t_min is None else args.t_min
     z, nfe, seconds = _transport_all(encode, model, x, args, options, t_min, args.sampler,
                                      args.steps, device)
+    if z is None:          # not rank 0: rank 0 writes
+        return 0
     out = Path(args.out).with_suffix(".npy")
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, z.cpu().numpy())
+    np.save(out, z.numpy())
     _sidecar(out).write_text(json.dumps(
         {"checkpoint": args.checkpoint or "bundled digits", "t_min": t_min, "sampler": args.sampler,
          "steps": args.steps, "options": options, "data": args.data, "input": args.input,
          "num": len(x)}, indent=2))
     print(f"encoded {len(x)} examples of {what} with {args.sampler} (t_min {t_min:g}): NFE {nfe}, "
-          f"{seconds:.2f} s; mean latent norm / sqrt(D) "
+          f"{seconds:.2f} s{on_ranks()}; mean latent norm / sqrt(D) "
           f"{float(z.flatten(1).norm(dim=1).mean()) / z[0].numel() ** 0.5:.3f} (about 1 for "
           f"N(0, I)); wrote {out} and {_sidecar(out)}")
     return 0
@@ -134,7 +142,7 @@ def cmd_decode(args) -> int:
 
     from ..ode import decode
 
-    device = resolve_device(args.device)
+    device = init_distributed(resolve_device(args.device))
     model, config = load_checkpoint_model(args.checkpoint, device)
     path = Path(args.input)
     if path.suffix.lower() != ".npy" or not path.is_file():
@@ -158,8 +166,11 @@ def cmd_decode(args) -> int:
     t_min = args.t_min if args.t_min is not None else meta.get("t_min", model.sde.t_min)
     x, nfe, seconds = _transport_all(decode, model, z, args, options, t_min, sampler, steps,
                                      device)
+    if x is None:          # not rank 0: rank 0 writes
+        return 0
     files = write_samples(x, Path(args.out).with_suffix(".npy"), config["data"])
-    message = f"decoded {len(z)} latents with {sampler} (t_min {t_min:g}): NFE {nfe}, {seconds:.2f} s"
+    message = (f"decoded {len(z)} latents with {sampler} (t_min {t_min:g}): NFE {nfe}, "
+               f"{seconds:.2f} s{on_ranks()}")
     if meta.get("data") or meta.get("input"):
         try:
             original, _, _, _ = load_examples(meta.get("data"), meta.get("input"), meta.get("num"),
@@ -182,38 +193,42 @@ def cmd_likelihood(args) -> int:
 
     from ..ode import bits_per_dim, dequantization_offset, dequantize, log_likelihood
 
-    device = resolve_device(args.device)
+    device = init_distributed(resolve_device(args.device))
     model, config = load_checkpoint_model(args.checkpoint, device)
     x, what, n_levels, data_range = load_examples(args.data, args.input, args.num, config)
     if args.n_levels is not None:
         n_levels = args.n_levels
-    g = torch.Generator().manual_seed(args.seed)   # on the CPU: the same draws on every device
-    if n_levels is not None and not args.no_dequantize:
-        x = dequantize(x, n_levels, data_range, generator=g)
+    seeds = SampleSeeds(args.seed)   # example i's dequantization and probes from (seed, i)
     options = _solver_options(args)
     t_min = model.sde.t_min if args.t_min is None else args.t_min
     hutchinson = args.divergence == "hutchinson"
-    nll, var, nfe, seconds = [], [], 0, 0.0
-    for batch in _batches(x, args.batch_size):
-        r = log_likelihood(model, batch.to(device), divergence=args.divergence, generator=g,
-                           probes=args.probes, noise=args.noise, t_min=t_min,
-                           steps=args.steps, progress=not args.no_progress, return_info=True,
-                           **options)
-        nll.append(r.nll.cpu())
-        var.append(None if r.stderr is None else r.stderr.cpu() ** 2)
+    parts, nfe, seconds = [], 0, 0.0
+    for start, batch in _my_batches(x, args.batch_size):
+        if n_levels is not None and not args.no_dequantize:
+            batch = dequantize(batch, n_levels, data_range, generator=seeds.shifted(start))
+        r = log_likelihood(model, batch.to(device), divergence=args.divergence,
+                           generator=seeds.shifted(start), probes=args.probes, noise=args.noise,
+                           t_min=t_min, steps=args.steps, return_info=True,
+                           progress=rank_world()[0] == 0 and not args.no_progress, **options)
+        stderr = torch.full_like(r.nll, float("nan")) if r.stderr is None else r.stderr
+        parts.append((start, torch.stack([r.nll, stderr], 1)))
         nfe, seconds = nfe + r.nfe, seconds + r.seconds
-    nll = torch.cat(nll).double()
+        probes = r.probes
+    gathered = gather(parts)
+    if gathered is None:   # not rank 0: rank 0 reports
+        return 0
+    nll, var = gathered[:, 0].double(), gathered[:, 1].double() ** 2
     N, D = len(nll), x[0].numel()
     mean = float(nll.mean())
     se = float(nll.std() / math.sqrt(N)) if N > 1 else float("nan")
-    probes = f", {r.probes} {args.noise or 'rademacher'} probe{'s' if r.probes > 1 else ''}" \
+    probes = f", {probes} {args.noise or 'rademacher'} probe{'s' if probes > 1 else ''}" \
         if hutchinson else ""
     lines = [f"likelihood of {N} examples of {what} ({args.divergence} divergence{probes}, "
-             f"t_min {t_min:g}): NFE {nfe}, {seconds / N:.3g} s per example",
+             f"t_min {t_min:g}): NFE {nfe}, {seconds / N:.3g} s per example{on_ranks()}",
              f"  NLL {mean:.4f} +- {se:.3g} nats (standard error over examples), "
              f"{mean / D:.5f} nats/dim"]
-    if hutchinson and var[0] is not None:
-        estimator = float(torch.cat(var).sum().sqrt() / N)
+    if hutchinson and not bool(var.isnan().any()):
+        estimator = float(var.sum().sqrt() / N)
         lines.append(f"  Hutchinson estimator standard error of the mean NLL: {estimator:.3g} nats")
     if n_levels is not None:
         offset = dequantization_offset(n_levels, data_range)

@@ -6,9 +6,11 @@ from pathlib import Path
 
 from .common import (
     add_checkpoint_argument,
+    add_compile_argument,
     add_device_argument,
     format_table,
     load_checkpoint_model,
+    on_ranks,
     parse_options,
     resolve_device,
     write_samples,
@@ -55,35 +57,50 @@ def cmd_samplers(args) -> int:
     return 0
 
 
-def cmd_sample(args) -> int:
-    import torch
+#: Samples per batch of ``sdediff sample`` (and the unit of work of a rank under torchrun).
+SAMPLE_BATCH_SIZE = 64
 
+
+def cmd_sample(args) -> int:
+    """``sdediff sample``: sample ``i`` from ``SampleSeeds(--seed)``'s stream ``i``, in batches
+    of ``--batch-size``; under torchrun the batches are shared out and rank 0 writes."""
     from .. import samplers
     from ..checks import check_int
     from ..data import load_dataset
+    from ..distributed import gather, init_distributed, my_batches, rank_world
+    from ..streams import SampleSeeds
 
-    device = resolve_device(args.device)
-    model, config = load_checkpoint_model(args.checkpoint, device)
     check_int("--num", args.num, minimum=1)
-    shape = (args.num, *config["data"]["shape"])
+    check_int("--batch-size", args.batch_size, minimum=1)
+    device = init_distributed(resolve_device(args.device))
+    rank = rank_world()[0]
+    model, config = load_checkpoint_model(args.checkpoint, device)
+    if args.compile:
+        model = model.compiled()
     options = parse_options(args.option)
     samplers.get(args.sampler, **options)  # unknown names and options fail before any work
-    # the seed's generator is on the CPU: the same prior draw on every device
-    result = samplers.sample(model, shape=shape, sampler=args.sampler, steps=args.steps,
-                             generator=torch.Generator().manual_seed(args.seed),
-                             progress=not args.no_progress, return_info=True, device=device,
-                             **options)
+    seeds = SampleSeeds(args.seed)
+    parts, nfe, seconds = [], 0, 0.0
+    for start, stop in my_batches(args.num, args.batch_size):
+        result = samplers.sample(model, shape=(stop - start, *config["data"]["shape"]),
+                                 sampler=args.sampler, steps=args.steps,
+                                 generator=seeds.shifted(start), return_info=True, device=device,
+                                 progress=rank == 0 and not args.no_progress, **options)
+        parts.append((start, result.x))
+        nfe, seconds = result.nfe, seconds + result.seconds
+    x = gather(parts)
+    if x is None:          # not rank 0: rank 0 writes
+        return 0
     data = None
     if config["data"].get("kind") == "points":
         try:
             data = load_dataset(config["data"]["name"]).test
         except (ValueError, FileNotFoundError):
             data = None  # the training data is gone: plot the samples alone
-    files = write_samples(result.x, Path(args.out), config["data"], data)
-    print(f"{args.sampler}: {args.num} samples, NFE {result.nfe}, {result.seconds:.2f} s; "
-          f"wrote {', '.join(str(f) for f in files)}")
+    files = write_samples(x, Path(args.out), config["data"], data)
+    print(f"{args.sampler}: {args.num} samples, NFE {nfe} per sample, {seconds:.2f} s"
+          f"{on_ranks()}; wrote {', '.join(str(f) for f in files)}")
     return 0
-
 
 
 def add_parsers(sub) -> None:
@@ -99,10 +116,14 @@ def add_parsers(sub) -> None:
                    "(`sdediff samplers` lists their orders and options)")
     p.add_argument("--steps", type=int, help="steps (default per sampler)")
     p.add_argument("--num", type=int, default=64, help="number of samples")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sample i depends only on (seed, i)")
+    p.add_argument("--batch-size", type=int, default=SAMPLE_BATCH_SIZE,
+                   help=f"samples per batch (default {SAMPLE_BATCH_SIZE}; bounds memory, and is "
+                        "the unit of work of a rank under torchrun)")
     p.add_argument("--out", default="samples.npy", help=".npy or .pt; a .png is written beside")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="sampler option, e.g. -o eta=0.5 -o schedule=logsnr")
     add_device_argument(p)
+    add_compile_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sample)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checks import InputError, InputValueError, NumericalError
-from .common import PROCESSES, add_device_argument, fail, make_process, resolve_device
+from ..checks import InputValueError
+from .common import PROCESSES, add_compile_argument, add_device_argument, make_process, resolve_device
 
 #: Training defaults per kind of data; command-line flags override them.
 PRESETS = {
@@ -78,68 +78,20 @@ def default_net(dataset, model: str, sde=None):
         return DiffusersUNet(default_unet_config(dataset.shape), chain.num_train_timesteps)
     channels, size = dataset.shape[0], dataset.shape[-1]
     mult = (1, 2) if size <= 8 else (1, 2, 2) if size <= 16 else (1, 2, 2, 2)
+    attention = min(size, 16) // 2
+    if size % 8 == 4:  # e.g. MNIST's 28: three levels 28 -> 14 -> 7, attention at the last
+        mult, attention = (1, 2, 2), size // 4
     return UNet(in_channels=channels, image_size=size, base_channels=32 if size <= 8 else 64,
-                channel_mult=mult, attention_resolutions=(min(size, 16) // 2,))
-
-
-def init_distributed(device):
-    """Join torchrun's process group when torchrun started this process (``WORLD_SIZE`` > 1):
-    gloo on the CPU, nccl on CUDA with each rank on its own GPU, ``cuda:LOCAL_RANK``. Returns the
-    device this rank trains on."""
-    import os
-
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or dist.is_initialized():
-        return device
-    if device.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device.index is not None:
-            raise InputValueError(f"--device {device} names one GPU but torchrun started {world} "
-                                  "processes; allowed: --device cuda (each rank takes cuda:LOCAL_RANK)")
-        if local >= torch.cuda.device_count():
-            raise InputValueError(f"torchrun started local rank {local} but this machine has "
-                                  f"{torch.cuda.device_count()} CUDA device(s); allowed: "
-                                  f"--nproc_per_node <= {torch.cuda.device_count()}, or --device cpu")
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-        backend = "nccl"
-    elif device.type == "cpu":
-        backend = "gloo"
-    else:
-        raise InputValueError(f"--device {device} cannot train on {world} processes; allowed: cpu "
-                              "(gloo) or cuda (nccl)")
-    dist.init_process_group(backend)
-    return device
+                channel_mult=mult, attention_resolutions=(attention,))
 
 
 def cmd_train(args) -> int:
-    """``sdediff train``; under torchrun, rank 0 alone prints (and writes, see Trainer).
+    """``sdediff train``; under torchrun, rank 0 alone prints (and writes, see Trainer). Input and
+    numerical errors are met alike on every rank (the same arguments and data, and the non-finite
+    decision is all-reduced), so only rank 0 reports them (:func:`sdediff.cli.main`)."""
+    from ..distributed import rank_world
 
-    Input and numerical errors are met alike on every rank (the same arguments and data, and the
-    non-finite decision is all-reduced), so only rank 0 reports them: one line, not one per rank.
-    """
-    import os
-
-    import torch.distributed as dist
-
-    rank = int(os.environ.get("RANK", "0"))
-    try:
-        return _train(args, rank)
-    except (InputError, NumericalError) as err:
-        if os.environ.get("SDEDIFF_TRACEBACK", "") not in ("", "0"):
-            raise
-        if rank != 0:
-            return 2
-        # The line sdediff's main() would print, printed here, before this rank leaves the group:
-        # torchrun stops the job as soon as one rank has exited.
-        lines = str(err).splitlines()
-        return fail(lines[0] if lines else type(err).__name__)
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    return _train(args, rank_world()[0])
 
 
 def _train(args, rank: int) -> int:
@@ -147,6 +99,7 @@ def _train(args, rank: int) -> int:
 
     from ..checkpoint import read_config, resolve_checkpoint
     from ..data import load_dataset
+    from ..distributed import init_distributed
     from ..nets import build_net
     from ..sde import sde_from_config
     from ..train import TrainConfig, Trainer, train_config_from
@@ -197,7 +150,8 @@ def _train(args, rank: int) -> int:
             torch.manual_seed(args.seed)
             net = default_net(dataset, model, sde)
     trainer = Trainer(net, sde, dataset.train, out, config=config, prediction=prediction,
-                      meta=dataset.to_config(), progress=not args.no_progress, device=device)
+                      meta=dataset.to_config(), progress=not args.no_progress, device=device,
+                      compile=args.compile)
     if args.resume:
         say(f"resuming {out} at step {trainer.resume()}")
         saved_world, world = saved.get("world_size", 1), trainer.world_size
@@ -221,8 +175,9 @@ def _train(args, rank: int) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a score model by denoising score matching")
     p.add_argument("--data", required=True,
-                   help="swissroll, moons, 8gaussians, checkerboard, gmm, digits, a .npy file "
-                        "or an image folder")
+                   help="swissroll, moons, 8gaussians, checkerboard, gmm, digits, mnist (the "
+                        "5,000-image subset: pip install 'sdediff[mnist]'), mnist:FOLDER "
+                        "(torchvision's MNIST files), a .npy file or an image folder")
     p.add_argument("--out", required=True, help="run directory (checkpoints, loss.csv, loss.png)")
     p.add_argument("--steps", type=int, help="total training steps (default per data kind)")
     p.add_argument("--batch-size", type=int)
@@ -246,6 +201,7 @@ def add_parser(sub) -> None:
     p.add_argument("--autocast", choices=("bfloat16",),
                    help="run the network in bfloat16 under torch.autocast (CPU or GPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    add_compile_argument(p)
     add_device_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)

@@ -14,7 +14,9 @@ loop over ``(t_cur, t_next)`` reads like the paper's algorithm. Everything aroun
   encoder and the benchmarks read these; nothing keeps a list by hand;
 - **grid**: :meth:`Sampler.grid` from ``T`` exactly to ``t_end`` in float64, with one rule for
   ``steps`` (below);
-- **noise**: a seeded :class:`~sdediff.samplers.noise.BrownianNoise` for stochastic samplers;
+- **noise**: a seeded :class:`~sdediff.samplers.noise.BrownianNoise` (or, for
+  :class:`~sdediff.streams.SampleSeeds`, per-sample :class:`~sdediff.samplers.noise.SampleBrownian`)
+  for stochastic samplers;
 - **solve**: :meth:`Sampler.solve` integrates a state along any grid (either direction for a
   reversible sampler) and owns the no-grad context, the progress bar, the NFE count, the timing
   and the non-finite check. :meth:`Sampler.__call__` is the prior draw, the sampler's grid,
@@ -55,8 +57,9 @@ from ..checks import (
     check_shape,
 )
 from ..score import ScoreModel
+from ..streams import SampleSeeds, check_source
 from .grids import GRIDS, SPACINGS, check_grid, make_grid
-from .noise import BrownianNoise
+from .noise import BrownianNoise, brownian
 
 #: Where generation stops when ``t_end`` is not given (design: sampling ends at ``1e-3``).
 T_END = 1e-3
@@ -273,19 +276,21 @@ class Sampler:
                                   f"allowed: {', '.join(reversible())}")
 
     def solve(self, model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, *,
-              generator: torch.Generator | None = None, denoise: bool = False,
+              generator: torch.Generator | SampleSeeds | None = None, denoise: bool = False,
               progress: bool = False, desc: str | None = None,
               keep_trajectory: bool = False) -> SampleResult:
         """Carry ``x`` ``(B, ...)`` at ``ts[0]`` along the grid ``ts`` to ``ts[-1]``.
 
         ``ts``: a strictly monotone 1-D grid in ``(0, T]``, decreasing to sample (or decode),
         increasing to encode (reversible samplers only); adaptive samplers use only its two ends.
-        ``generator`` seeds a stochastic sampler's Brownian path. With ``denoise=True`` the result
-        is ``model.x0`` at ``ts[-1]`` (one more call, counted). Returns a :class:`SampleResult`;
-        a non-finite result raises :class:`~sdediff.checks.NumericalError`.
+        ``generator`` seeds a stochastic sampler's Brownian path: a ``torch.Generator`` (one path
+        for the batch) or :class:`~sdediff.streams.SampleSeeds` (sample ``i``'s own). With
+        ``denoise=True`` the result is ``model.x0`` at ``ts[-1]`` (one more call, counted).
+        Returns a :class:`SampleResult`; a non-finite result raises :class:`~sdediff.checks.NumericalError`.
         """
         model = check_score_model(model)
         check_batch("x", x)
+        check_source(generator)
         ts = self._check_times(model.sde, ts)
         self.check_direction(ts)
         return self._solve(model, x, ts, generator, denoise, progress, desc, keep_trajectory)
@@ -300,8 +305,7 @@ class Sampler:
                                   f"device={str(x.device)!r})")
         noise = None
         if self.is_stochastic():
-            noise = BrownianNoise.from_generator(x.shape, model.sde.T, generator, dtype=x.dtype,
-                                                 device=x.device)
+            noise = brownian(generator, x.shape, model.sde.T, dtype=x.dtype, device=x.device)
         model.remember_times(ts)      # the grid's coefficients once, not per network call
         with self.observing(model, ts, x, progress=progress, desc=desc,
                             keep_trajectory=keep_trajectory) as observe:
@@ -336,7 +340,7 @@ class Sampler:
         return ts
 
     def __call__(self, model: ScoreModel, x_T: torch.Tensor | None = None, *, shape=None,
-                 steps: int | None = None, generator: torch.Generator | None = None,
+                 steps: int | None = None, generator: torch.Generator | SampleSeeds | None = None,
                  t_end: float | None = None, denoise: bool = True, progress: bool = False,
                  keep_trajectory: bool = False, dtype: torch.dtype = torch.float32,
                  device=None) -> SampleResult:
@@ -348,7 +352,10 @@ class Sampler:
         ``device``: where the prior is drawn and the sampler runs (``"cpu"``, ``"cuda"``,
         ``"cuda:N"``, ``"mps"``; default: the model's, :attr:`ScoreModel.device
         <sdediff.score.ScoreModel.device>`). A draw seeded by a generator on another device is
-        made there and moved, so one seed gives one ``x_T`` on every device. A given ``x_T`` is
+        made there and moved, so one seed gives one ``x_T`` on every device.
+        ``generator=sd.SampleSeeds(seed)`` draws sample ``i``'s ``x_T`` and Brownian path from
+        ``(seed, i)`` alone: the same sample whatever the batch size (to float rounding of the
+        network) or the split across processes. A given ``x_T`` is
         moved to ``device`` when one is named."""
         model = check_score_model(model)
         sde = model.sde
@@ -363,10 +370,8 @@ class Sampler:
         if x_T is None:
             if shape is None:
                 raise InputValueError("give either shape=(batch, ...) or x_T")
-            where = generator.device if generator is not None else device
-            x_T = sde.prior_sample(tuple(shape), generator=generator, dtype=dtype, device=where)
-            if device is not None:
-                x_T = x_T.to(device)
+            x_T = sde.prior_sample(tuple(shape), generator=check_source(generator), dtype=dtype,
+                                   device=device)
         else:
             check_batch("x_T", x_T)
             if shape is not None:

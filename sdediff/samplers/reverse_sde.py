@@ -39,10 +39,10 @@ from __future__ import annotations
 import torch
 import torchsde
 
-from ..checks import check_choice, coefficient_dtype
+from ..checks import InputValueError, check_choice, coefficient_dtype
 from . import register
 from .base import Sampler
-from .noise import BrownianNoise
+from .noise import BrownianNoise, SampleBrownian
 
 #: torchsde methods valid for diagonal-noise Ito SDEs: (weak order, network calls per step).
 METHODS = {"euler": (1.0, 1), "milstein": (1.0, 1), "srk": (1.5, 3)}
@@ -55,9 +55,9 @@ class _ReversedBrownian(torchsde.BaseBrownian):
     is ``W``'s over ``[T - s_b, T - s_a]``, and its space-time integral mirrors,
     ``U_B = h dW - U_W`` (``U = int (W(u) - W(u_a)) du`` over the interval of length ``h``)."""
 
-    def __init__(self, noise: BrownianNoise, batch: int):
+    def __init__(self, noise: BrownianNoise | SampleBrownian, batch: int):
         super().__init__()
-        self._interval, self._T = noise.interval, noise.T
+        self._noise, self._T = noise, noise.T
         self._shape = (batch, torch.Size(noise.shape[1:]).numel())
 
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
@@ -66,8 +66,8 @@ class _ReversedBrownian(torchsde.BaseBrownian):
                                       "with at most the space-time Levy area")
         t_a, t_b = self._T - float(tb), self._T - float(ta)
         if not return_U:
-            return self._interval(t_a, t_b).reshape(self._shape)
-        dW, U = self._interval(t_a, t_b, return_U=True)
+            return self._noise.increment(t_b, t_a).reshape(self._shape)
+        dW, U = self._noise.interval(t_a, t_b, return_U=True)
         return dW.reshape(self._shape), ((t_b - t_a) * dW - U).reshape(self._shape)
 
     def __repr__(self):
@@ -75,11 +75,11 @@ class _ReversedBrownian(torchsde.BaseBrownian):
 
     @property
     def dtype(self):
-        return self._interval.dtype
+        return self._noise.dtype
 
     @property
     def device(self):
-        return self._interval.device
+        return self._noise.device
 
     @property
     def shape(self):
@@ -87,7 +87,9 @@ class _ReversedBrownian(torchsde.BaseBrownian):
 
     @property
     def levy_area_approximation(self):
-        return self._interval.levy_area_approximation
+        if isinstance(self._noise, SampleBrownian):
+            return "none"
+        return self._noise.interval.levy_area_approximation
 
 
 class _ReverseTimeSDE:
@@ -142,6 +144,10 @@ class ReverseSDE(Sampler):
         method = self.options["method"]
         T = float(ts[0])
         if method in _LEVY_AREA:
+            if isinstance(noise, SampleBrownian):
+                raise InputValueError(f"method={method!r} needs the space-time Levy area, which "
+                                      "per-sample seeds (SampleSeeds) do not provide; allowed: "
+                                      "method='euler' or 'milstein', or a torch.Generator")
             noise = BrownianNoise(noise.shape, noise.T, noise.seed, dtype=noise.dtype,
                                   device=noise.device, levy_area_approximation=_LEVY_AREA[method])
         bm = _ReversedBrownian(noise, x.shape[0])
