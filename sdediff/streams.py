@@ -63,8 +63,12 @@ def mix64(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shift_right(z, 31)
 
 
-def _as_words(values, device) -> torch.Tensor:
-    return torch.as_tensor(values, dtype=torch.int64, device=device)
+def _words(values, device) -> torch.Tensor:
+    """Stream ids as a 1-D int64 tensor on ``device``: an int is filled there (a kernel argument,
+    not a host-to-device copy); a tensor already there is used as it is."""
+    if isinstance(values, torch.Tensor):
+        return values.to(device=device, dtype=torch.int64).reshape(-1)
+    return torch.full((1,), values, dtype=torch.int64, device=device)
 
 
 class SampleSeeds:
@@ -85,22 +89,23 @@ class SampleSeeds:
 
     def keys(self, batch: int, device=None) -> torch.Tensor:
         """One 64-bit key per sample, ``(batch,)`` int64."""
-        base = _as_words(_signed(self.seed), device)
+        base = torch.full((), _signed(self.seed), dtype=torch.int64, device=device)
         index = torch.arange(self.start, self.start + batch, dtype=torch.int64, device=device)
         return mix64(mix64(base) + index * _GAMMA)
 
     def bits(self, batch: int, streams, size: int, device=None) -> torch.Tensor:
-        """Hashed words ``(len(streams), batch, size)``: entry ``[s, i, j]`` is number ``j`` of
-        stream ``streams[s]`` of sample ``start + i``."""
-        streams = _as_words(streams, device).reshape(-1)
+        """Hashed words ``(S, batch, size)`` for ``streams`` (an int, ``S = 1``, or a 1-D int64
+        tensor of ``S`` ids): entry ``[s, i, j]`` is number ``j`` of stream ``streams[s]`` of
+        sample ``start + i``."""
+        streams = _words(streams, device)
         counter = mix64(streams * _GAMMA)[:, None] + torch.arange(size, dtype=torch.int64,
                                                                  device=device) * _GAMMA
         return mix64(self.keys(batch, device)[None, :, None] ^ mix64(counter)[:, None, :])
 
     def uniform(self, shape, stream: int = DEQUANTIZE, dtype=torch.float32, device=None,
                 streams=None) -> torch.Tensor:
-        """Uniforms in ``(0, 1)`` of ``shape`` ``(B, ...)``; with ``streams`` (a list) the result
-        is ``(len(streams), *shape)``, one draw per stream."""
+        """Uniforms in ``(0, 1)`` of ``shape`` ``(B, ...)``; with ``streams`` (a 1-D int64
+        tensor of ids) the result is ``(len(streams), *shape)``, one draw per stream."""
         return self._draw(shape, stream, dtype, device, streams, "uniform")
 
     def normal(self, shape, stream: int = PRIOR, dtype=torch.float32, device=None,
@@ -113,13 +118,13 @@ class SampleSeeds:
                    device=None) -> torch.Tensor:
         """``+-1`` with probability 1/2 each, of ``shape`` ``(B, ...)`` (the sign bit)."""
         shape = tuple(shape)
-        words = self.bits(shape[0], [stream], math.prod(shape[1:]), device)[0]
+        words = self.bits(shape[0], stream, math.prod(shape[1:]), device)[0]
         return torch.where(words < 0, -1.0, 1.0).to(dtype).reshape(shape)
 
     def _draw(self, shape, stream, dtype, device, streams, kind) -> torch.Tensor:
         shape = tuple(shape)
         many = streams is not None
-        words = self.bits(shape[0], streams if many else [stream], math.prod(shape[1:]), device)
+        words = self.bits(shape[0], streams if many else stream, math.prod(shape[1:]), device)
         wide = coefficient_dtype(words.device)            # float64 (float32 without it)
         bits = 53 if wide == torch.float64 else 24
         u = (_shift_right(words, 64 - bits).to(wide) + 0.5) * 2.0**-bits

@@ -18,7 +18,8 @@ from sdediff import samplers
 from sdediff.checks import InputValueError, check_device, coefficient_dtype
 from sdediff.cli import main
 from sdediff.samplers.base import Observer
-from sdediff.samplers.noise import BrownianNoise
+from sdediff.samplers.noise import BrownianNoise, SampleBrownian
+from sdediff.streams import SampleSeeds
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
@@ -195,11 +196,17 @@ ON_DEVICE = [(name, {}) for name in samplers.available() if not samplers.get(nam
 
 
 @pytest.mark.parametrize(("name", "options"), ON_DEVICE, ids=lambda v: str(v) if v else "")
-@pytest.mark.parametrize("forward", [False, True], ids=["sample", "encode"])
+@pytest.mark.parametrize("forward", [False, True, "per-sample"], ids=["sample", "encode",
+                                                                      "sample-SampleSeeds"])
 def test_the_step_loop_keeps_every_tensor_on_the_state_device(name, options, forward):
+    """(``sample-SampleSeeds``: the per-sample Brownian paths of :class:`SampleSeeds`, hashed on
+    the device.)"""
     sampler = samplers.get(name, **options)
+    per_sample, forward = forward == "per-sample", forward is True
     if forward and not (sampler.reversible and not sampler.is_stochastic()):
         pytest.skip("only reversible deterministic samplers encode")
+    if per_sample and not sampler.is_stochastic():
+        pytest.skip("a deterministic sampler draws no noise in the loop")
     sde = sd.VPSDE()
     seen = []
 
@@ -212,6 +219,8 @@ def test_the_step_loop_keeps_every_tensor_on_the_state_device(name, options, for
     ts = ts.flip(0) if forward else ts
     x = torch.zeros(3, 2, device="meta")
     noise = _MetaNoise(x.shape, sde.T) if sampler.is_stochastic() else None
+    if per_sample:
+        noise = SampleBrownian(SampleSeeds(0), x.shape, sde.T, device=x.device)
     model.remember_times(ts)
     with torch.no_grad(), _HostToDevice(model) as copies:
         out = sampler.run(model, x, ts, noise, Observer(ts, False, False, name, False, x))

@@ -109,35 +109,38 @@ class SampleBrownian:
     def _cell(self, t: float) -> int:
         return min(self.cells, max(0, round(float(t) / self.T * self.cells)))
 
-    def _nodes(self, k: int) -> tuple[list[int], list[float]]:
-        """The tree nodes whose tents cover grid point ``k`` and their weights: ``W(k h) =
-        sum weight * z_node`` (node 0 is the root ``W(T) / sqrt(T)``)."""
-        h = self.T / self.cells
-        nodes, weights = [0], [k / self.cells * math.sqrt(self.T)]
-        for level in range(1, self.levels + 1):
-            span = self.cells >> (level - 1)        # grid cells under one node of this level
-            m, r = divmod(k, span)
-            if r == 0:                              # k is a node end: no finer tent covers it
-                break
-            half = span // 2
-            nodes.append((1 << (level - 1)) + m)
-            weights.append(math.sqrt(span * h) / 2 * (1 - abs(r - half) / half))
-        return nodes, weights
+    def _nodes(self, k: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tree nodes whose tents cover grid point ``k`` and their weights, on the device:
+        ``W(k h) = sum weight * z_node``. Node 0 is the root, ``W(T) / sqrt(T)``, with weight
+        ``k / cells * sqrt(T)``; the node of level ``l >= 1`` is ``2**(l-1) + m``, the ``m``-th
+        interval of length ``span h`` (``span = cells / 2**(l-1)`` grid cells) holding ``k``, with
+        weight ``sqrt(span h) / 2 * tent``. Levels end where ``k`` is an interval's end (no finer
+        tent covers it). Computed with device ops from host integers: no host-to-device copy."""
+        depth = 0 if k in (0, self.cells) else self.levels - ((k & -k).bit_length() - 1)
+        level = torch.arange(1, depth + 1, dtype=torch.int64, device=self.device)
+        span = torch.full_like(level, self.cells) >> (level - 1)
+        m = torch.div(torch.full_like(level, k), span, rounding_mode="floor")
+        r, half = k - m * span, span // 2
+        tent = 1 - (r - half).abs().to(dtype) / half.to(dtype)
+        weight = (span.to(dtype) * (self.T / self.cells)).sqrt() / 2 * tent
+        root = torch.full((1,), k / self.cells * math.sqrt(self.T), dtype=dtype, device=self.device)
+        nodes = torch.cat([torch.zeros(1, dtype=torch.int64, device=self.device),
+                           (torch.ones_like(level) << (level - 1)) + m])
+        return nodes, torch.cat([root, weight])
 
     def _path(self, k: int) -> torch.Tensor:
         if k not in self._cache:
             if len(self._cache) > 4:                # a step reads two points; keep a few
                 self._cache.clear()
-            nodes, weights = self._nodes(k)
+            wide = torch.float64 if self.dtype == torch.float64 else torch.float32
+            nodes, weights = self._nodes(k, wide)
             B, D = self.shape[0], math.prod(self.shape[1:])
-            out = torch.zeros((B, D), dtype=torch.float64 if self.dtype == torch.float64
-                              else torch.float32, device=self.device)
+            out = torch.zeros((B, D), dtype=wide, device=self.device)
             per = max(1, _CHUNK // (B * D))
             for a in range(0, len(nodes), per):
-                streams = [BROWNIAN + n for n in nodes[a:a + per]]
-                z = self.seeds.normal((B, D), dtype=out.dtype, device=self.device, streams=streams)
-                w = torch.tensor(weights[a:a + per], dtype=out.dtype, device=self.device)
-                out += torch.tensordot(w, z, dims=1)
+                z = self.seeds.normal((B, D), dtype=wide, device=self.device,
+                                      streams=BROWNIAN + nodes[a:a + per])
+                out += torch.tensordot(weights[a:a + per], z, dims=1)
             self._cache[k] = out.to(self.dtype).reshape(self.shape)
         return self._cache[k]
 
