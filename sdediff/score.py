@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -24,7 +25,9 @@ from .checks import (
     InputValueError,
     check_batch_times,
     check_choice,
+    check_int,
     check_same_shape,
+    check_shape,
     check_tensor,
     coefficient_dtype,
 )
@@ -241,18 +244,28 @@ class ScoreModel:
 
 
 class GaussianMixture:
-    """An exact data distribution: ``sum_k w_k N(mu_k, diag(s_k^2))``.
+    """An exact data distribution: ``sum_k w_k N(mu_k, diag(s_k^2))``, optionally labelled.
 
     ``means``: ``(K, *event_shape)``; ``stds``: a number, ``(K,)`` (isotropic components) or
-    ``(K, *event_shape)`` (diagonal); ``weights``: ``(K,)``, positive (normalised here).
+    ``(K, *event_shape)`` (diagonal); ``weights``: ``(K,)``, positive (normalised here);
+    ``labels``: ``None`` (unlabelled) or ``(K,)`` non-negative integers, the class ``l(k)`` of
+    each component. Internally ``means`` and ``stds`` are kept flattened, ``(K, D)``.
 
     Under a forward process the noised marginal is again a mixture,
     ``p_t = sum_k w_k N(alpha mu_k, alpha^2 s_k^2 + sigma^2)``, whose score is
     ``sum_k r_k(x) (alpha mu_k - x) / var_k`` with responsibilities ``r_k``; this gives the exact
     score of every marginal in closed form.
+
+    With labels, class ``c`` owns the components ``C_c = {k : l(k) = c}`` and the mixture is the
+    joint law of ``(x, c)`` with prior ``p(c) = sum_{k in C_c} w_k``. That gives, exactly and at
+    every ``t``, the classifier ``p_t(c | x)`` (:meth:`class_log_prob`), the class-conditional
+    law (:meth:`class_mixture`) and its score (:meth:`class_score`, :meth:`class_score_model`).
+    :meth:`posterior` and :meth:`sample_posterior` give the exact law of the missing coordinates
+    given observed ones (the inpainting oracle). Formulas: the controllable-generation reference,
+    sections 6.2 and 6.3.
     """
 
-    def __init__(self, means, stds, weights=None):
+    def __init__(self, means, stds, weights=None, labels=None):
         means = torch.as_tensor(means)
         check_tensor("means", means)
         if means.dim() < 2:
@@ -278,10 +291,49 @@ class GaussianMixture:
         if weights.shape != (K,) or not bool((weights > 0).all()):
             raise InputValueError(f"weights must be {K} positive numbers, got {weights.tolist()}")
         self.weights = weights / weights.sum()
+        #: ``(K,)`` int64 class of each component, or ``None``.
+        self.labels = None if labels is None else self._checked_labels(labels, K).to(means.device)
+
+    @staticmethod
+    def _checked_labels(labels, K: int) -> torch.Tensor:
+        try:
+            labels = torch.as_tensor(labels)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise InputTypeError(f"labels must be {K} non-negative integers (component -> class), "
+                                 f"got {labels!r}") from err
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise InputTypeError(f"labels must be integers (component -> class), got dtype {labels.dtype}: "
+                                 f"{labels.tolist()}")
+        if tuple(labels.shape) != (K,):
+            raise InputValueError(f"labels has shape {tuple(labels.shape)}, expected ({K},): one class "
+                                  "per component")
+        if bool((labels < 0).any()):
+            k = int((labels < 0).nonzero()[0])
+            raise InputValueError(f"labels must be >= 0, got {int(labels[k])} for component {k}")
+        return labels.to(torch.long).clone()
 
     @property
     def dim(self) -> int:
         return self.means.shape[1]
+
+    @property
+    def num_classes(self) -> int | None:
+        """``max(labels) + 1``, or ``None`` for an unlabelled mixture. A class below it may own
+        no component (a sub-mixture keeps its labels): its probability is 0."""
+        return None if self.labels is None else int(self.labels.max()) + 1
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """``E[x] = sum_k w_k mu_k``, shape ``event_shape``."""
+        return (self.weights @ self.means).reshape(self.event_shape)
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        """``Cov[x] = sum_k w_k (diag(s_k^2) + (mu_k - m)(mu_k - m)^T)``, shape ``(D, D)`` over the
+        flattened coordinates (law of total covariance; centred, so no cancellation)."""
+        centred = self.means - self.weights @ self.means
+        between = torch.einsum("k,ki,kj->ij", self.weights, centred, centred)
+        return between + torch.diag(self.weights @ self.stds**2)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` exact samples, shape ``(n, *event_shape)``."""
@@ -307,6 +359,14 @@ class GaussianMixture:
         log_normal = -0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).sum(-1)
         return torch.log(self.weights.to(flat)) + log_normal
 
+    @staticmethod
+    def _score_from(x, flat, means, var, log_joint):
+        """``sum_k r_k (mean_k - x) / var_k`` with ``r = softmax(log_joint)``, shape of ``x``.
+        Components masked to ``-inf`` in ``log_joint`` get ``r_k = 0``."""
+        resp = torch.softmax(log_joint, dim=1)
+        grad = ((means - flat[:, None, :]) / var * resp[..., None]).sum(1)
+        return grad.reshape(x.shape)
+
     def log_prob(self, x: torch.Tensor, sde: ForwardProcess | None = None, t=None) -> torch.Tensor:
         """``log p(x)`` per sample, shape ``(B,)``; with ``sde`` and ``t``, of the marginal ``p_t``."""
         flat, means, var = self._components(x, sde, t)
@@ -315,10 +375,164 @@ class GaussianMixture:
     def score(self, x: torch.Tensor, t, sde: ForwardProcess) -> torch.Tensor:
         """Exact ``grad_x log p_t(x)``, shape of ``x``."""
         flat, means, var = self._components(x, sde, t)
-        resp = torch.softmax(self._log_joint(flat, means, var), dim=1)
-        grad = ((means - flat[:, None, :]) / var * resp[..., None]).sum(1)
-        return grad.reshape(x.shape)
+        return self._score_from(x, flat, means, var, self._log_joint(flat, means, var))
 
     def score_model(self, sde: ForwardProcess) -> ScoreModel:
         """A :class:`ScoreModel` with the exact score of every noised marginal of this mixture."""
         return ScoreModel.from_fn(lambda x, t: self.score(x, t, sde), sde)
+
+    # -- labelled mixtures: exact classifier and class-conditional laws (reference 6.3) ----------
+
+    def _class_members(self, y, batch: int, nonempty: bool) -> torch.Tensor:
+        """``(B|1, K)`` bool, ``[b, k] = (l(k) == y_b)``, for ``y`` an int or a ``(B,)`` integer
+        tensor. With ``nonempty``, a class that owns no component is refused (its conditional law
+        does not exist); without, it is allowed (its probability is exactly 0)."""
+        if self.labels is None:
+            raise InputValueError(f"y={y!r} given, but this mixture has no labels (labels=None); pass "
+                                  "labels= to GaussianMixture to use its classes")
+        C = self.num_classes
+        if isinstance(y, torch.Tensor):
+            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                raise InputTypeError(f"y must be an int or a tensor of integer class labels, got dtype "
+                                     f"{y.dtype}")
+            if y.dim() > 1 or (y.dim() == 1 and y.shape[0] != batch):
+                raise InputValueError(f"y has shape {tuple(y.shape)}; expected an int, a 0-d tensor or "
+                                      f"shape ({batch},) for a batch of {batch}")
+            ys = y.reshape(-1).to(self.labels.device)
+        elif isinstance(y, numbers.Integral) and not isinstance(y, bool):
+            ys = torch.tensor([int(y)], device=self.labels.device)
+        else:
+            raise InputTypeError(f"y must be an int or a tensor of integer class labels, got {y!r} "
+                                 f"({type(y).__name__})")
+        out_of_range = (ys < 0) | (ys >= C)
+        if bool(out_of_range.any()):
+            bad = int(ys[out_of_range][0])
+            raise InputValueError(f"class y={bad} is out of range; allowed: 0..{C - 1} "
+                                  f"(num_classes={C})")
+        members = self.labels[None, :] == ys[:, None]
+        if nonempty and not bool(members.any(1).all()):
+            bad = int(ys[~members.any(1)][0])
+            owned = sorted(set(self.labels.tolist()))
+            raise InputValueError(f"class y={bad} owns no component of this mixture; classes with "
+                                  f"components: {', '.join(map(str, owned))}")
+        return members
+
+    def class_mixture(self, y: int) -> GaussianMixture:
+        """The class-conditional law ``p_0(x | y)``: the components of class ``y`` with weights
+        ``w_k / sum_{j in C_y} w_j``, labels kept (all equal to ``y``). ``y``: an int in
+        ``0..num_classes - 1`` whose class owns at least one component."""
+        members = self._class_members(y, 1, nonempty=True)[0]
+        stds = self.stds[members].reshape((-1,) + self.event_shape)
+        return GaussianMixture(self.means[members].reshape((-1,) + self.event_shape), stds,
+                               self.weights[members], labels=self.labels[members])
+
+    def class_log_prob(self, y, x: torch.Tensor, sde: ForwardProcess | None = None, t=None
+                       ) -> torch.Tensor:
+        """The exact classifier ``log p_t(y | x)``, shape ``(B,)``.
+
+        ``log p_t(y | x) = logsumexp_{k in C_y} [log w_k + log N_k^t(x)]
+        - logsumexp_k [log w_k + log N_k^t(x)]`` with the noised components
+        ``N_k^t = N(alpha mu_k, diag(alpha^2 s_k^2 + sigma^2))``; without ``sde`` and ``t``, at
+        ``t = 0`` (``N_k^0 = N(mu_k, diag(s_k^2))``). ``x``: ``(B, *event_shape)``; ``y``: an int
+        (one class for the batch) or a ``(B,)`` integer tensor (one per sample). A class in range
+        that owns no component has probability 0: ``-inf``. Differentiable in ``x``, and
+        ``grad_x log p_t(y | x) = class_score - score`` (Bayes).
+        """
+        if (sde is None) != (t is None):
+            raise InputValueError("give both sde and t (the noised marginal p_t) or neither (t = 0); got "
+                                  f"sde={sde!r}, t={t!r}")
+        flat, means, var = self._components(x, sde, t)
+        log_joint = self._log_joint(flat, means, var)
+        members = self._class_members(y, flat.shape[0], nonempty=False).to(flat.device)
+        log_class = torch.logsumexp(log_joint.masked_fill(~members, -math.inf), dim=1)
+        return log_class - torch.logsumexp(log_joint, dim=1)
+
+    def class_score(self, y, x: torch.Tensor, t, sde: ForwardProcess) -> torch.Tensor:
+        """Exact class-conditional score ``grad_x log p_t(x | y)``, shape of ``x``.
+
+        ``sum_{k in C_y} r_k^y(x) (alpha mu_k - x) / (alpha^2 s_k^2 + sigma^2)`` with the
+        within-class responsibilities ``r_k^y = w_k N_k^t(x) / sum_{j in C_y} w_j N_j^t(x)``: the
+        score of :meth:`class_mixture` ``(y)``, computed here by masking the other classes' terms so
+        that ``y`` may also be a ``(B,)`` tensor of per-sample labels.
+        """
+        flat, means, var = self._components(x, sde, t)
+        members = self._class_members(y, flat.shape[0], nonempty=True).to(flat.device)
+        log_joint = self._log_joint(flat, means, var).masked_fill(~members, -math.inf)
+        return self._score_from(x, flat, means, var, log_joint)
+
+    def class_score_model(self, y, sde: ForwardProcess) -> ScoreModel:
+        """A :class:`ScoreModel` with the exact score of every noised class-conditional marginal
+        ``p_t(x | y)``: sampling it samples :meth:`class_mixture` ``(y)`` exactly (up to the
+        solver). ``y``: an int, or a ``(B,)`` integer tensor of per-sample labels, in which case
+        every batch the model sees must have ``B`` samples, in the order of ``y``."""
+        batch = y.shape[0] if isinstance(y, torch.Tensor) and y.dim() == 1 else 1
+        self._class_members(y, batch, nonempty=True)        # refuse a bad y now, not mid-solve
+        return ScoreModel.from_fn(lambda x, t: self.class_score(y, x, t, sde), sde)
+
+    # -- posterior given observed coordinates (reference 6.2) ------------------------------------
+
+    def _observed(self, x_known, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flattened ``x_known`` ``(D,)`` in this mixture's dtype and the observed mask ``(D,)`` bool,
+        after checking both."""
+        check_tensor("x_known", x_known, finite=False)
+        check_shape("x_known", x_known, self.event_shape)
+        if not isinstance(mask, torch.Tensor):
+            raise InputTypeError(f"mask must be a torch.Tensor of 0/1 (1 = observed) of shape "
+                                 f"{self.event_shape}, got {type(mask).__name__}")
+        check_shape("mask", mask, self.event_shape)
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            bad = ", ".join(str(v) for v in mask[(mask != 0) & (mask != 1)].unique().tolist()[:5])
+            raise InputValueError(f"mask must hold only 0 and 1 (1 = observed), got {bad}")
+        observed = mask.reshape(-1).to(device=self.means.device) == 1
+        if not bool(observed.any()):
+            raise InputValueError("mask observes no coordinate (all 0): the posterior is the prior itself; "
+                                  "observe at least one coordinate")
+        if bool(observed.all()):
+            raise InputValueError("mask observes every coordinate (all 1): the posterior is the point mass "
+                                  "at x_known; leave at least one coordinate unobserved")
+        x_flat = x_known.reshape(-1).to(self.means)
+        if not bool(torch.isfinite(x_flat[observed]).all()):
+            bad = int((~torch.isfinite(x_flat[observed])).sum())
+            raise InputValueError(f"x_known has {bad} non-finite observed value(s) (NaN or inf); observed "
+                                  "values must be finite (unobserved ones are ignored)")
+        return x_flat, observed
+
+    def posterior(self, x_known: torch.Tensor, mask: torch.Tensor) -> GaussianMixture:
+        """The exact law of the unobserved coordinates given the observed ones, as a mixture.
+
+        ``x_known``, ``mask``: shape ``event_shape``; ``mask`` is 0/1 (or bool), 1 = observed.
+        With diagonal components ``x^U`` and ``x^O`` are independent within a component, so
+        conditioning on ``x^O = y`` keeps each component's ``N(mu_k^U, diag(s_k^{U2}))`` and
+        reweights it by its marginal likelihood of the observation,
+
+            w'_k = w_k N(y; mu_k^O, diag(s_k^{O2})) / sum_j w_j N(y; mu_j^O, diag(s_j^{O2})),
+
+        computed in log space (logsumexp). The result is a mixture over the ``U`` unobserved
+        coordinates only: event shape ``(U,)``, in the order of the flattened event
+        (``x.reshape(-1)[~mask.reshape(-1)]``); its :attr:`mean` and :attr:`covariance` are the
+        posterior mean ``sum_k w'_k mu_k^U`` and covariance of ``x^U``, and its labels (if any) are
+        kept, so its class weights are ``p(c | x^O = y)``. A component whose ``w'_k`` underflows to
+        0 carries no mass at the mixture's precision and is dropped. For full vectors (the observed
+        block pinned to ``x_known`` exactly), use :meth:`sample_posterior`. The unobserved entries
+        of ``x_known`` are ignored (they may be NaN).
+        """
+        x_flat, observed = self._observed(x_known, mask)
+        # The observed block's log marginal likelihood per component, with its weight: (1, K).
+        log_joint = self._log_joint(x_flat[observed][None], self.means[:, observed][None],
+                                    self.stds[:, observed][None] ** 2)
+        weights = torch.softmax(log_joint[0], dim=0)
+        keep = weights > 0
+        hidden = ~observed
+        return GaussianMixture(self.means[keep][:, hidden], self.stds[keep][:, hidden], weights[keep],
+                               labels=None if self.labels is None else self.labels[keep])
+
+    def sample_posterior(self, x_known: torch.Tensor, mask: torch.Tensor, n: int,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` exact samples of the full vector given the observed coordinates, shape
+        ``(n, *event_shape)`` in this mixture's dtype: the unobserved block drawn from
+        :meth:`posterior`, the observed block equal to ``x_known`` exactly."""
+        check_int("n", n, minimum=1)
+        x_flat, observed = self._observed(x_known, mask)
+        out = x_flat.expand(n, -1).clone()
+        out[:, ~observed] = self.posterior(x_known, mask).sample(n, generator)
+        return out.reshape((n,) + self.event_shape)

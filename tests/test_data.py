@@ -41,7 +41,7 @@ def digits():
 # ---------------------------------------------------------------------------------- toy sets
 
 def test_names():
-    assert DATASETS == (*TOY_DATASETS, "digits")
+    assert DATASETS == (*TOY_DATASETS, "digits", "mnist")
     assert set(TOY_DATASETS) == {"swissroll", "moons", "8gaussians", "checkerboard", "gmm"}
 
 
