@@ -144,30 +144,38 @@ def check_source(source, name: str = "generator"):
                          f"{type(source).__name__}")
 
 
+def _generator_draw(kind: str, shape, generator, dtype, device):
+    """``kind`` draws from a ``torch.Generator`` on its device (without one: torch's default
+    generator of ``device``)."""
+    where = generator.device if generator is not None else device
+    if kind == "normal":
+        return torch.randn(shape, generator=generator, dtype=dtype, device=where)
+    if kind == "uniform":
+        return torch.rand(shape, generator=generator, dtype=dtype, device=where)
+    return torch.randint(0, 2, shape, generator=generator, device=where).to(dtype) * 2 - 1
+
+
+def _draw(kind: str, shape, source, dtype, device, stream: int) -> torch.Tensor:
+    if isinstance(check_source(source), SampleSeeds):
+        return getattr(source, kind)(tuple(shape), stream, dtype, device)
+    # made where the generator lives, then moved: one seed, one draw on every device
+    return _generator_draw(kind, tuple(shape), source, dtype, device).to(device)
+
+
 def normal(shape, source, dtype=torch.float32, device=None, stream: int = PRIOR) -> torch.Tensor:
     """Standard normals of ``shape`` on ``device`` from ``source``: ``torch.randn`` with a
     generator (drawn on the generator's device, then moved: one seed, one draw on every device),
     or per-sample streams."""
-    if isinstance(check_source(source), SampleSeeds):
-        return source.normal(shape, stream, dtype, device)
-    where = source.device if source is not None else device
-    return torch.randn(tuple(shape), generator=source, dtype=dtype, device=where).to(device)
+    return _draw("normal", shape, source, dtype, device, stream)
 
 
 def uniform(shape, source, dtype=torch.float64, device=None,
             stream: int = DEQUANTIZE) -> torch.Tensor:
     """Uniforms in ``[0, 1)`` of ``shape`` from ``source`` (as :func:`normal`)."""
-    if isinstance(check_source(source), SampleSeeds):
-        return source.uniform(shape, stream, dtype, device)
-    where = source.device if source is not None else device
-    return torch.rand(tuple(shape), generator=source, dtype=dtype, device=where).to(device)
+    return _draw("uniform", shape, source, dtype, device, stream)
 
 
 def rademacher(shape, source, dtype=torch.float32, device=None,
                stream: int = PROBES) -> torch.Tensor:
     """``+-1`` entries of ``shape`` from ``source`` (as :func:`normal`)."""
-    if isinstance(check_source(source), SampleSeeds):
-        return source.rademacher(shape, stream, dtype, device)
-    where = source.device if source is not None else device
-    v = torch.randint(0, 2, tuple(shape), generator=source, device=where).to(dtype) * 2 - 1
-    return v.to(device)
+    return _draw("rademacher", shape, source, dtype, device, stream)

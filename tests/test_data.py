@@ -19,7 +19,7 @@ from sdediff.data import (
     toy_sample,
 )
 
-ALLOWED = ("swissroll, moons, 8gaussians, checkerboard, gmm, digits, "
+ALLOWED = ("swissroll, moons, 8gaussians, checkerboard, gmm, digits, mnist, mnist:FOLDER, "
            "or a path to a .npy file or an image folder")
 
 
