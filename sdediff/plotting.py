@@ -162,11 +162,15 @@ def plot_image_panels(panels: dict, png_path, ncols: int = 2, nrow: int | None =
                              squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
-    for ax, (title, images) in zip(axes.flat, panels.items(), strict=False):
-        _show(ax, tile_images(images, nrow, data_range))
+    tiles = {title: tile_images(images, nrow, data_range) for title, images in panels.items()}
+    for ax, (title, tile) in zip(axes.flat, tiles.items(), strict=False):
+        _show(ax, tile)
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
+    # at least 2 screen pixels per image pixel: shrinking a tile drops pixels (nearest
+    # neighbour), which paints speckle on clean 28x28 digits
+    widest = max(max(tile.shape[:2]) for tile in tiles.values())
+    fig.savefig(png_path, dpi=max(110, math.ceil(2 * widest / (0.85 * panel_size))))
     return Path(png_path)
 
 

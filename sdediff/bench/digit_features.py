@@ -41,15 +41,19 @@ FEATURES = 64
 DIGIT_SHAPE = (1, 8, 8)
 
 
-class DigitClassifier(nn.Module):
-    """Two convolutions and a 64-D feature layer; ``forward`` returns logits ``(N, 10)``."""
+class ConvClassifier(nn.Module):
+    """Strided 3x3 convolutions (SiLU) and a 64-D feature layer; ``forward`` returns logits
+    ``(N, 10)``. ``channels``: the convolutions' widths (the first keeps the size, each later one
+    halves it); ``size``: the input's side."""
 
-    def __init__(self):
+    def __init__(self, channels=(16, 32), size: int = 8):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Flatten(), nn.Linear(32 * 4 * 4, FEATURES), nn.SiLU())
+        layers, width = [], 1
+        for i, out in enumerate(channels):
+            layers += [nn.Conv2d(width, out, 3, stride=1 if i == 0 else 2, padding=1), nn.SiLU()]
+            width, size = out, size if i == 0 else (size + 1) // 2
+        self.body = nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * size * size, FEATURES),
+                                  nn.SiLU())
         self.head = nn.Linear(FEATURES, 10)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,17 +63,19 @@ class DigitClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def train_digit_classifier(seed: int = SEED, epochs: int = EPOCHS) -> DigitClassifier:
-    """The classifier trained on the digits' training split (deterministic for a seed)."""
-    from ..data import load_digits
+class DigitClassifier(ConvClassifier):
+    """Two convolutions (8 -> 8 -> 4) and a 64-D feature layer, for the 8x8 digits."""
 
+    def __init__(self):
+        super().__init__(channels=(16, 32), size=8)
+
+
+def fit_classifier(net: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,
+                   epochs: int) -> nn.Module:
+    """Train ``net`` on images ``x`` and labels ``y`` by cross-entropy (Adam, cosine decay,
+    batches of :data:`BATCH_SIZE` in an order seeded by ``seed``); returns it in eval mode."""
     check_int("epochs", epochs, minimum=1)
-    data = load_digits()
-    x, y = data.train, data.train_labels
     g = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = DigitClassifier()
     optimizer = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=epochs * -(-len(x) // BATCH_SIZE))
@@ -84,6 +90,17 @@ def train_digit_classifier(seed: int = SEED, epochs: int = EPOCHS) -> DigitClass
             optimizer.step()
             schedule.step()
     return net.eval()
+
+
+def train_digit_classifier(seed: int = SEED, epochs: int = EPOCHS) -> DigitClassifier:
+    """The classifier trained on the digits' training split (deterministic for a seed)."""
+    from ..data import load_digits
+
+    data = load_digits()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = DigitClassifier()
+    return fit_classifier(net, data.train, data.train_labels, seed, epochs)
 
 
 @lru_cache(maxsize=1)
