@@ -115,12 +115,17 @@ def load_digit_classifier() -> DigitClassifier:
     return net.eval()
 
 
-def _check_digits(x: torch.Tensor) -> torch.Tensor:
+def check_images(x: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
+    """Images ``(N, *shape)`` for a classifier, as float32 clipped to ``[-1, 1]``."""
     check_batch("images", x)
-    if tuple(x.shape[1:]) != DIGIT_SHAPE:
-        raise InputValueError(f"images must have shape (N, 1, 8, 8) in [-1, 1] (the digits), got "
-                              f"{tuple(x.shape)}")
+    if tuple(x.shape[1:]) != shape:
+        raise InputValueError(f"images must have shape (N, {', '.join(map(str, shape))}) in [-1, 1] "
+                              f"({what}), got {tuple(x.shape)}")
     return x.float().clamp(-1, 1)
+
+
+def _check_digits(x: torch.Tensor) -> torch.Tensor:
+    return check_images(x, DIGIT_SHAPE, "the digits")
 
 
 @torch.no_grad()

@@ -30,8 +30,8 @@ from functools import lru_cache
 
 import torch
 
-from ..checks import InputValueError, check_batch
-from .digit_features import ConvClassifier, DigitsQuality, fit_classifier
+from ..checks import InputValueError
+from .digit_features import ConvClassifier, DigitsQuality, check_images, fit_classifier
 from .metrics import frechet_distance
 
 EPOCHS, SEED = 8, 0
@@ -67,11 +67,7 @@ def mnist_classifier() -> MnistClassifier:
 
 
 def _check_mnist(x: torch.Tensor) -> torch.Tensor:
-    check_batch("images", x)
-    if tuple(x.shape[1:]) != MNIST_SHAPE:
-        raise InputValueError(f"images must have shape (N, 1, 28, 28) in [-1, 1] (MNIST), got "
-                              f"{tuple(x.shape)}")
-    return x.float().clamp(-1, 1)
+    return check_images(x, MNIST_SHAPE, "MNIST")
 
 
 @torch.no_grad()
