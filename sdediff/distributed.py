@@ -20,7 +20,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from .checks import InputValueError
+from .checks import InputValueError, check_int
 
 
 class RankLost(ConnectionError):
@@ -77,6 +77,7 @@ def batches(n: int, batch_size: int) -> list[tuple[int, int]]:
 def my_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
     """This rank's share of :func:`batches`: batch ``k`` goes to rank ``k mod world``. A world
     larger than ``n`` is refused (a rank would have no sample at all)."""
+    check_int("--batch-size", batch_size, minimum=1)
     world = rank_world()[1]
     if world > n:
         raise InputValueError(f"torchrun started {world} processes for {n} example(s); allowed: "

@@ -396,11 +396,11 @@ def run_model_bench(checkpoint: str | Path | None = None, samplers: str | Sequen
         bar.set_postfix_str(f"reference (ode {reference_tol:g})")
         reference = reference_solution(model, x_T, t_end, reference_tol)   # on every rank
         bar.update(1)
-        shared = sweep_shared(lambda mine: _sweep(mine, model, x_T, t_end, chain, reference, bar,
-                                                  notes), tasks, notes)
+        shared = sweep_shared(lambda mine: (_sweep(mine, model, x_T, t_end, chain, reference,
+                                                   bar, notes), {}), tasks, notes)
     if shared is None:   # not rank 0: rank 0 writes
         return None
-    rows, notes = shared
+    rows, notes, _ = shared
     meta["processes"] = world
     text, ratio = _reference_note(reference, rows)
     notes.insert(0, text)

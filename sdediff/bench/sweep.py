@@ -82,19 +82,21 @@ def _task_key(sampler, source, options, budget) -> tuple:
     return sampler, source, repr(sorted(dict(options).items())), budget
 
 
-def sweep_shared(sweep, tasks: list[Task], notes: list[str]) -> tuple[list[dict], list[str]] | None:
-    """``sweep(some_tasks) -> rows`` on this rank's share of ``tasks`` under torchrun (task ``k``
-    on rank ``k mod W``; the tasks are independent runs from the same seeded ``x_T``), gathered
-    on rank 0 in the order of ``tasks``: ``(rows, notes)`` there, ``None`` on the other ranks.
-    One process runs every task."""
+def sweep_shared(sweep, tasks: list[Task], notes: list[str]
+                 ) -> tuple[list[dict], list[str], dict] | None:
+    """``sweep(some_tasks) -> (rows, grids)`` on this rank's share of ``tasks`` under torchrun
+    (task ``k`` on rank ``k mod W``; the tasks are independent runs from the same seeded ``x_T``),
+    gathered on rank 0 in the order of ``tasks`` in one collective: ``(rows, notes, grids)``
+    there, ``None`` on the other ranks. One process runs every task."""
     order = {_task_key(t.sampler, t.source, t.options, t.budget): k for k, t in enumerate(tasks)}
-    rows = sweep(share(tasks))
-    gathered = gather_objects([(rows, notes)])
+    rows, grids = sweep(share(tasks))
+    gathered = gather_objects([(rows, notes, grids)])
     if gathered is None:
         return None
-    rows = sorted((r for part, _ in gathered for r in part), key=lambda r: order[_task_key(
+    rows = sorted((r for part, _, _ in gathered for r in part), key=lambda r: order[_task_key(
         r["sampler"], r["source"], r["options"], r["budget"])])
-    return rows, list(dict.fromkeys(n for _, part in gathered for n in part))
+    return (rows, list(dict.fromkeys(n for _, part, _ in gathered for n in part)),
+            {key: grid for _, _, part in gathered for key, grid in part.items()})
 
 
 def _check_finite(x: torch.Tensor, label: str) -> None:
@@ -316,24 +318,19 @@ def run_bench(problem: str, samplers: str | Sequence[str] = "all",
 
         meta["diffusers"] = diffusers.__version__
     start = time.perf_counter()
-    grids = {}
     rank, world = rank_world()
     with tqdm(total=len(share(tasks)), desc=f"bench {problem}", dynamic_ncols=True,
               disable=not progress or rank != 0) as bar:
         if digits:
             def sweep(mine):
-                rows, found = _sweep_digits(mine, num, seed, checkpoint, bar, notes, device)
-                grids.update(found)
-                return rows
+                return _sweep_digits(mine, num, seed, checkpoint, bar, notes, device)
         else:
             def sweep(mine):
-                return _sweep_mixture(problem, mine, num, seed, bar, notes)
+                return _sweep_mixture(problem, mine, num, seed, bar, notes), {}
         shared = sweep_shared(sweep, tasks, notes)
-    every_grid = gather_objects([grids])        # the digits runs' time grids, from every rank
     if shared is None:   # not rank 0: rank 0 writes
         return None
-    rows, notes = shared
-    grids = {key: grid for part in every_grid for key, grid in part.items()}
+    rows, notes, grids = shared
     meta["processes"] = world
     meta["seconds"] = round(time.perf_counter() - start, 1)
     meta["load_average_end"] = _load_average()

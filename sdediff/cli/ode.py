@@ -82,10 +82,8 @@ def _solver_options(args) -> dict:
 def _my_batches(x, batch_size: int):
     """This rank's ``(start, batch)`` pairs: ``x`` in batches of ``batch_size`` (the batches a
     single process runs), batch ``k`` on rank ``k mod world`` (:mod:`sdediff.distributed`)."""
-    from ..checks import check_int
     from ..distributed import my_batches
 
-    check_int("--batch-size", batch_size, minimum=1)
     return [(a, x[a:b]) for a, b in my_batches(len(x), batch_size)]
 
 

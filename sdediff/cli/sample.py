@@ -71,7 +71,6 @@ def cmd_sample(args) -> int:
     from ..streams import SampleSeeds
 
     check_int("--num", args.num, minimum=1)
-    check_int("--batch-size", args.batch_size, minimum=1)
     device = init_distributed(resolve_device(args.device))
     rank = rank_world()[0]
     model, config = load_checkpoint_model(args.checkpoint, device)
