@@ -237,3 +237,34 @@ def coefficient_dtype(device) -> torch.dtype:
     warnings.warn("device mps has no float64: solver times and coefficients on it fall back to "
                   "float32 (grids and per-step coefficients stay float64 on the host)", stacklevel=2)
     return torch.float32
+
+
+def check_labels(y: Any, num_classes: int | None, batch: int, *, null: bool = False,
+                 what: str = "y") -> torch.Tensor:
+    """Class labels for a batch of ``batch``: an int (one class for the batch) or an integer
+    tensor of shape ``()`` or ``(batch,)``, each in ``0 .. num_classes - 1`` (with ``null``, also
+    ``num_classes``, the reserved unconditional class). Returns ``(batch,)`` int64.
+    ``num_classes=None`` (an unconditional model) refuses every label."""
+    if num_classes is None:
+        raise InputValueError(f"{what}={y!r} given, but the model is unconditional (it has no classes); "
+                              "train one with --conditional (num_classes=...) to use labels")
+    if isinstance(y, torch.Tensor):
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise InputTypeError(f"{what} must be an int or a tensor of integer class labels, got dtype "
+                                 f"{y.dtype}")
+        if y.dim() > 1 or (y.dim() == 1 and y.shape[0] != batch):
+            raise InputValueError(f"{what} has shape {tuple(y.shape)}; expected an int, a 0-d tensor "
+                                  f"or shape ({batch},) for a batch of {batch}")
+        labels = y.reshape(-1).to(torch.long)
+    elif isinstance(y, int) and not isinstance(y, bool):
+        labels = torch.tensor([y])
+    else:
+        raise InputTypeError(f"{what} must be an int or a tensor of integer class labels, got {y!r} "
+                             f"({type(y).__name__})")
+    top = num_classes if null else num_classes - 1
+    bad = (labels < 0) | (labels > top)
+    if bool(bad.any()):
+        allowed = f"0..{top}" + (f" ({num_classes} = the null class)" if null else "")
+        raise InputValueError(f"class {what}={int(labels[bad][0])} is out of range; allowed: {allowed} "
+                              f"(num_classes={num_classes})")
+    return labels.expand(batch) if labels.numel() == 1 else labels

@@ -18,6 +18,11 @@ deviation, not the sample's -- to mean 0 and std 1 per coordinate:
   of radius ``sqrt(2 (1 - 0.03))``. Its exact score is known at every ``t``, so samplers can be
   tested on it. The toy sets are generated unscaled, so the mixture is exactly this one.
 
+Labels (``train_labels``, ``test_labels``; :data:`TOY_CLASSES`): the component a point was drawn
+from -- ``moons`` 0 (upper) or 1 (lower), ``8gaussians`` and ``gmm`` the component 0..7 in ring
+order, ``checkerboard`` the black cell ``2 column + (0 upper, 1 lower)``, columns left to right;
+``swissroll`` has no components and no labels. Drawing the labels changes no point.
+
 ``load_dataset(name, n, seed)`` draws ``n`` training points (default 100_000) and then ``n // 10``
 test points (at least 1) from one generator seeded with ``seed``; ``data_range`` is the
 ``(min, max)`` the drawn points span.
@@ -86,6 +91,8 @@ MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 MNIST_SUBFOLDERS = (("MNIST", "raw"), ("raw",), ())
 MNIST_SHAPE = (1, 28, 28)
 FILE_TEST_FRACTION = 0.1
+#: Classes of the labelled toy sets (``swissroll`` has none).
+TOY_CLASSES = {"moons": 2, "8gaussians": 8, "checkerboard": 8, "gmm": 8}
 #: Training points drawn for a toy set when ``n`` is not given (plus ``n // 10`` test points).
 TOY_TRAIN_SIZE = 100_000
 
@@ -182,14 +189,16 @@ def _gmm_parameters(dtype):
 
 
 def gmm_distribution(dtype: torch.dtype = torch.float64) -> GaussianMixture:
-    """The exact distribution of the ``gmm`` toy set (for exact scores and likelihoods)."""
-    return GaussianMixture(*_gmm_parameters(dtype))
+    """The exact distribution of the ``gmm`` toy set (for exact scores and likelihoods), each
+    component its own class (the toy set's labels), so its exact class-conditional scores and
+    classifier are known too."""
+    return GaussianMixture(*_gmm_parameters(dtype), labels=torch.arange(8))
 
 
 def _swissroll(n, g):
     t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g))
     x = torch.stack([t * t.cos(), t * t.sin()], 1) + torch.randn(n, 2, generator=g)
-    return (x - torch.tensor(_SWISS_MEAN)) / torch.tensor(_SWISS_STD)
+    return (x - torch.tensor(_SWISS_MEAN)) / torch.tensor(_SWISS_STD), None
 
 
 def _moons(n, g):
@@ -198,42 +207,54 @@ def _moons(n, g):
     x = torch.where(upper, theta.cos(), 1 - theta.cos())
     y = torch.where(upper, theta.sin(), 0.5 - theta.sin())
     noisy = torch.stack([x, y], 1) + _MOONS_NOISE * torch.randn(n, 2, generator=g)
-    return (noisy - torch.tensor(_MOONS_MEAN)) / torch.tensor(_MOONS_STD)
+    return (noisy - torch.tensor(_MOONS_MEAN)) / torch.tensor(_MOONS_STD), (~upper).long()
 
 
 def _8gaussians(n, g):
-    centre = ring_means(8, _8GAUSS_RADIUS)[torch.randint(8, (n,), generator=g)]
-    return centre + _8GAUSS_STD * torch.randn(n, 2, generator=g)
+    component = torch.randint(8, (n,), generator=g)
+    return ring_means(8, _8GAUSS_RADIUS)[component] + _8GAUSS_STD * torch.randn(n, 2, generator=g), component
 
 
 def _checkerboard(n, g):
     # x1 ~ U(-2, 2); x2 in the two cells of x1's column that are black (FFJORD's construction).
     x1 = 4 * torch.rand(n, generator=g) - 2
-    x2 = torch.rand(n, generator=g) - 2 * torch.randint(2, (n,), generator=g) + x1.floor() % 2
-    return torch.stack([x1, x2], 1) * (math.sqrt(3) / 2)  # U(-2, 2) has std 2 / sqrt(3)
+    lower = torch.randint(2, (n,), generator=g)
+    x2 = torch.rand(n, generator=g) - 2 * lower + x1.floor() % 2
+    cell = 2 * (x1.floor().long() + 2) + lower          # column 0..3, then which of its 2 cells
+    return torch.stack([x1, x2], 1) * (math.sqrt(3) / 2), cell  # U(-2, 2) has std 2 / sqrt(3)
 
 
 def _gmm(n, g):
     means, stds, weights = _gmm_parameters(torch.float32)
     k = torch.multinomial(weights, n, replacement=True, generator=g)
-    return means[k] + stds[k, None] * torch.randn(n, 2, generator=g)
+    return means[k] + stds[k, None] * torch.randn(n, 2, generator=g), k
 
 
+#: Each toy set's generator ``(n, generator) -> (points (n, 2), labels (n,) or None)``.
 _TOY = {"swissroll": _swissroll, "moons": _moons, "8gaussians": _8gaussians,
         "checkerboard": _checkerboard, "gmm": _gmm}
 
 
 def toy_sample(name: str, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """``n`` points ``(n, 2)`` float32 of the toy set ``name`` (global RNG if no generator)."""
+    return toy_sample_labelled(name, n, generator)[0]
+
+
+def toy_sample_labelled(name: str, n: int, generator: torch.Generator | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`toy_sample` with each point's label ``(n,)`` int64 (the same draws), or ``None``
+    for ``swissroll`` (it has no components): see :data:`TOY_CLASSES`."""
     check_choice("toy data set", name, TOY_DATASETS)
     check_int("n", n, minimum=0)
-    return _TOY[name](n, generator).float()
+    x, labels = _TOY[name](n, generator)
+    return x.float(), labels
 
 
 def _load_toy(name: str, n: int, seed: int) -> Dataset:
     g = torch.Generator().manual_seed(seed)
-    x = toy_sample(name, n + max(1, n // 10), generator=g)
-    return Dataset(name, x[:n], x[n:], "points", (float(x.min()), float(x.max())), None)
+    x, labels = toy_sample_labelled(name, n + max(1, n // 10), generator=g)
+    split = {} if labels is None else {"train_labels": labels[:n], "test_labels": labels[n:]}
+    return Dataset(name, x[:n], x[n:], "points", (float(x.min()), float(x.max())), None, **split)
 
 
 # ------------------------------------------------------------------------- digits and files

@@ -28,13 +28,25 @@ def loss_weight(sde, t: torch.Tensor, weighting: str) -> torch.Tensor:
 
 
 def dsm_loss(model: ScoreModel, x0: torch.Tensor, weighting: str = "eps",
-             generator: torch.Generator | None = None, t_min: float | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, t_min: float | None = None,
+             labels: torch.Tensor | None = None, label_dropout: float = 0.0) -> torch.Tensor:
     """Scalar denoising score matching loss of ``model`` on the batch ``x0`` ``(B, ...)``.
 
-    ``generator`` seeds both the times and the noise, so a seeded loss is reproducible.
-    ``t_min`` defaults to the process's (1e-5, Song et al.; a discrete chain's first index 1/M).
+    ``generator`` seeds the times, the noise and the label dropout, so a seeded loss is
+    reproducible. ``t_min`` defaults to the process's (1e-5, Song et al.; a discrete chain's
+    first index 1/M).
+
+    ``labels`` ``(B,)`` (a conditional network): each example's class, replaced by the null class
+    with probability ``label_dropout``, per example (Ho & Salimans 2022: one network learns
+    ``eps(x, t, y)`` and ``eps(x, t, null)``; 0.1 is their default).
     """
     check_tensor("x0", x0)
+    check_float("label_dropout", label_dropout, 0.0, 1.0)
+    if labels is not None:
+        dropped = torch.rand(x0.shape[0], generator=generator, device=x0.device) < label_dropout
+        if model.num_classes is not None:
+            labels = labels.to(x0.device).masked_fill(dropped, model.num_classes)
+        model = model.with_labels(labels)
     check_choice("weighting", weighting, WEIGHTINGS)
     sde = model.sde
     t_min = sde.t_min if t_min is None else t_min

@@ -108,6 +108,9 @@ class ScoreModel:
             check_choice("autocast dtype", autocast, AUTOCAST_DTYPES)
         self.autocast = autocast
         self.nfe = 0
+        #: Network evaluations per sample in one forward pass: 2 under classifier-free guidance
+        #: (conditional and unconditional in one batch of 2B), else 1.
+        self.evaluations_per_call = 1
         self._checked = False
         #: ``(process, {time: (alpha, sigma)})`` of the last grid solved on (:meth:`remember_times`).
         self._grid_memo: tuple[ForwardProcess, dict[float, tuple[float, float]]] | None = None
@@ -134,8 +137,73 @@ class ScoreModel:
         if not isinstance(self.net, torch.nn.Module):
             raise InputTypeError(f"compiled() needs a torch.nn.Module network, got "
                                  f"{type(self.net).__name__}")
-        return ScoreModel(torch.compile(self.net, **options), self.sde, prediction=self.prediction,
-                          autocast=self.autocast)
+        return self._derived(torch.compile(self.net, **options), self.prediction)
+
+    def _derived(self, net: Callable, prediction: str, evaluations: int = 1) -> ScoreModel:
+        """A model on this one's process and autocast with another network; its forward pass
+        evaluates each sample ``evaluations`` times this model's own number."""
+        model = ScoreModel(net, self.sde, prediction=prediction, autocast=self.autocast)
+        model.evaluations_per_call = self.evaluations_per_call * evaluations
+        return model
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes of a conditional network (``net(x, t, y)``), or ``None``."""
+        from .guidance import network_classes
+
+        return network_classes(self.net)
+
+    def condition(self, y, guidance: float = 0.0) -> ScoreModel:
+        """This conditional model at class ``y`` with classifier-free guidance weight ``w``.
+
+        Prediction ``(1 + w) eps(x, t, y) - w eps(x, t, null)``, the two evaluations batched as
+        one forward pass of ``2B`` (so :attr:`nfe` counts forward passes and
+        :attr:`evaluations_per_call` is 2); ``w = 0`` is the conditional model alone (one pass
+        of ``B``). ``y``: an int in ``0 .. num_classes - 1`` (one class for every sample), or a
+        ``(B,)`` integer tensor (one per sample; every batch solved must then have ``B``
+        samples). ``guidance``: finite, ``>= 0``. Every sampler, ``encode`` and
+        ``interpolate`` take the result unchanged (:mod:`sdediff.guidance`).
+        """
+        from .checks import check_labels
+        from .guidance import ClassConditioned, check_guidance, label_batch
+
+        guidance = check_guidance(guidance)
+        classes = self.num_classes
+        check_labels(y, classes, label_batch(y))
+        return self._derived(ClassConditioned(self.net, y, guidance, classes), self.prediction,
+                             1 if guidance == 0 else 2)
+
+    def with_labels(self, y) -> ScoreModel:
+        """This conditional model at per-sample labels ``y`` ``(B,)`` in ``0 .. num_classes``,
+        where ``num_classes`` is the null class (unconditional): training's label dropout."""
+        from .checks import check_labels
+        from .guidance import ClassConditioned, label_batch
+
+        classes = self.num_classes
+        check_labels(y, classes, label_batch(y), null=True)
+        return self._derived(ClassConditioned(self.net, y, 0.0, classes, null=True), self.prediction)
+
+    def guide(self, classifier: Callable, y, scale: float = 1.0) -> ScoreModel:
+        """This model guided by a noise-conditional classifier: score
+        ``score(x, t) + scale * grad_x log p_t(y | x)``.
+
+        ``classifier(x, t) -> (B, C)`` logits of ``p_t(c | x)`` (an
+        :class:`~sdediff.nets.NoisyClassifier`, or :meth:`GaussianMixture.classifier` for the
+        exact one); ``y``: an int or ``(B,)`` labels in ``0 .. C - 1``; ``scale``: finite,
+        ``>= 0`` (1 with the exact classifier is the exact class-conditional score). Costs one
+        network call plus one classifier forward and backward per evaluation.
+        """
+        from .checks import InputTypeError, check_labels
+        from .guidance import ClassifierGuided, check_scale, label_batch, network_classes
+
+        if not callable(classifier):
+            raise InputTypeError(f"classifier must be callable as classifier(x, t) -> logits, got "
+                                 f"{type(classifier).__name__}")
+        scale = check_scale(scale)
+        classes = network_classes(classifier)
+        if classes is not None:
+            check_labels(y, classes, label_batch(y))
+        return self._derived(ClassifierGuided(self, classifier, y, scale), "score")
 
     @property
     def device(self) -> torch.device | None:
@@ -446,6 +514,26 @@ class GaussianMixture:
         members = self._class_members(y, flat.shape[0], nonempty=False).to(flat.device)
         log_class = torch.logsumexp(log_joint.masked_fill(~members, -math.inf), dim=1)
         return log_class - torch.logsumexp(log_joint, dim=1)
+
+    def class_log_probs(self, x: torch.Tensor, sde: ForwardProcess | None = None, t=None
+                        ) -> torch.Tensor:
+        """The exact ``log p_t(c | x)`` of every class, shape ``(B, num_classes)`` (``-inf`` for a
+        class that owns no component): :meth:`class_log_prob` for ``c = 0 .. num_classes - 1``."""
+        return torch.stack([self.class_log_prob(c, x, sde, t) for c in range(self.num_classes)], 1)
+
+    def classifier(self, sde: ForwardProcess) -> Callable:
+        """The exact noise-conditional classifier ``(x, t) -> log p_t(c | x)`` ``(B, num_classes)``,
+        as :meth:`ScoreModel.guide` takes it (log-probabilities are valid logits): at scale 1 the
+        guided score is exactly :meth:`class_score`."""
+        if self.labels is None:
+            raise InputValueError("this mixture has no labels (labels=None), so no classifier; pass "
+                                  "labels= to GaussianMixture")
+
+        def log_probs(x, t):
+            return self.class_log_probs(x, sde, t)
+
+        log_probs.num_classes = self.num_classes
+        return log_probs
 
     def class_score(self, y, x: torch.Tensor, t, sde: ForwardProcess) -> torch.Tensor:
         """Exact class-conditional score ``grad_x log p_t(x | y)``, shape of ``x``.

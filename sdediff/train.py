@@ -83,6 +83,8 @@ class TrainConfig:
     max_skips: int = 10
     autocast: str | None = None
     micro_batches: int = 1
+    #: Probability that an example's label is replaced by the null class (conditional runs only).
+    label_dropout: float = 0.1
 
     def __post_init__(self):
         check_int("steps", self.steps, minimum=1)
@@ -98,6 +100,7 @@ class TrainConfig:
         check_choice("on_nonfinite policy", self.on_nonfinite, NONFINITE_POLICIES)
         check_int("max_skips", self.max_skips, minimum=1)
         check_int("micro_batches", self.micro_batches, minimum=1)
+        check_float("label_dropout", self.label_dropout, 0.0, 1.0)
         if self.batch_size % self.micro_batches:
             raise InputValueError(f"batch_size {self.batch_size} does not split into micro_batches="
                                   f"{self.micro_batches} equal parts; allowed: a batch_size that is a "
@@ -115,6 +118,9 @@ def _dist_rank_world() -> tuple[int, int]:
 class Trainer:
     """Train ``net`` (predicting ``prediction``) on ``data`` ``(N, ...)`` under process ``sde``.
 
+    ``labels`` ``(N,)`` (a conditional network, ``net.num_classes`` set): each example's class,
+    dropped to the null class with probability ``config.label_dropout`` (classifier-free
+    guidance training, :func:`~sdediff.losses.dsm_loss`).
     ``meta`` is stored in the checkpoint config (for instance the data description);
     ``out_dir`` receives checkpoints, ``loss.csv`` and ``loss.png``. ``compile=True`` runs the
     forward passes through ``torch.compile`` (:meth:`ScoreModel.compiled
@@ -146,7 +152,7 @@ class Trainer:
     def __init__(self, net: torch.nn.Module, sde, data: torch.Tensor, out_dir,
                  config: TrainConfig | None = None, prediction: str = "eps",
                  meta: dict | None = None, progress: bool = True, device=None,
-                 compile: bool = False):
+                 compile: bool = False, labels: torch.Tensor | None = None):
         self.config = config or TrainConfig()
         self.prediction = check_choice("prediction", prediction, PREDICTIONS)
         self.rank, self.world_size = _dist_rank_world()
@@ -163,6 +169,7 @@ class Trainer:
         self.ema_net = copy.deepcopy(self.net).eval().requires_grad_(False)
         self.sde = sde
         self.data = check_batch("data", data)
+        self.labels = self._checked_labels(labels, net)
         self.out_dir = Path(out_dir)
         self.meta = meta or {}
         self.progress = progress and self.rank == 0
@@ -175,6 +182,19 @@ class Trainer:
             self.model = self.model.compiled()
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.config.lr,
                                            weight_decay=self.config.weight_decay)
+
+    def _checked_labels(self, labels, net) -> torch.Tensor | None:
+        """A conditional network needs one label per example; an unconditional one takes none."""
+        from .checks import check_labels
+        from .guidance import network_classes
+
+        classes = network_classes(net)
+        if labels is None:
+            if classes is not None:
+                raise InputValueError(f"the network is conditional (num_classes={classes}) but no labels "
+                                      "were given; pass labels= (one class per example)")
+            return None
+        return check_labels(labels, classes, len(self.data), what="labels")
 
     # --- state ------------------------------------------------------------------------------
     def checkpoint_config(self) -> dict:
@@ -269,7 +289,9 @@ class Trainer:
                     idx = torch.randint(len(self.data), (cfg.batch_size // parts,),
                                         generator=generator, device=self.device)
                     x0 = self.data[idx.to(self.data.device)].to(self.device)
-                    loss = dsm_loss(self.model, x0, weighting=cfg.weighting, generator=generator)
+                    labels = None if self.labels is None else self.labels[idx.to(self.labels.device)]
+                    loss = dsm_loss(self.model, x0, weighting=cfg.weighting, generator=generator,
+                                    labels=labels, label_dropout=cfg.label_dropout)
                     value = self._mean_over_ranks(loss)
                     if not math.isfinite(value):  # on every rank alike: none runs the backward
                         good = False

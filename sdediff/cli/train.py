@@ -57,10 +57,23 @@ def _needs_images(model: str, dataset) -> None:
                               f"{dataset.shape}; use --model mlp")
 
 
-def default_net(dataset, model: str, sde=None):
+def dataset_classes(dataset) -> int:
+    """The number of classes of a labelled data set (``max label + 1``), for ``--conditional``;
+    a set without labels is a one-line error naming the labelled ones."""
+    from ..data import DATASETS, TOY_CLASSES
+
+    if dataset.train_labels is None:
+        labelled = [name for name in DATASETS if name in TOY_CLASSES or name in ("digits", "mnist")]
+        raise InputValueError(f"--conditional needs labelled data, and {dataset.name!r} has no labels; "
+                              f"labelled sets: {', '.join(labelled)}, mnist:FOLDER")
+    return int(dataset.train_labels.max()) + 1
+
+
+def default_net(dataset, model: str, sde=None, num_classes: int | None = None):
     """The network for a data set: an MLP for points, a U-Net sized to the images, or diffusers'
     ``UNet2DModel`` (``diffusers-unet``) on the chain of ``sde``, a
-    :class:`~sdediff.sde.DiscreteVPSDE` (default: diffusers' default chain)."""
+    :class:`~sdediff.sde.DiscreteVPSDE` (default: diffusers' default chain). ``num_classes``
+    makes the MLP or U-Net conditional (a class embedding and a null class)."""
     from ..checks import check_choice
     from ..nets import MLP, DiffusersUNet, UNet
     from ..nets.diffusers_unet import default_unet_config
@@ -71,9 +84,12 @@ def default_net(dataset, model: str, sde=None):
         if dataset.kind != "points":
             raise InputValueError(f"model 'mlp' needs point data of shape (D,), got images of shape "
                                   f"{dataset.shape}; use --model unet")
-        return MLP(data_dim=dataset.dim)
+        return MLP(data_dim=dataset.dim, num_classes=num_classes)
     _needs_images(model, dataset)
     if model == "diffusers-unet":
+        if num_classes is not None:
+            raise InputValueError("--conditional is not available for --model diffusers-unet (its "
+                                  "class embedding differs from sdediff's); allowed: --model unet or mlp")
         chain = DiscreteVPSDE() if sde is None else sde
         return DiffusersUNet(default_unet_config(dataset.shape), chain.num_train_timesteps)
     channels, size = dataset.shape[0], dataset.shape[-1]
@@ -82,7 +98,7 @@ def default_net(dataset, model: str, sde=None):
     if size % 8 == 4:  # e.g. MNIST's 28: three levels 28 -> 14 -> 7, attention at the last
         mult, attention = (1, 2, 2), size // 4
     return UNet(in_channels=channels, image_size=size, base_channels=32 if size <= 8 else 64,
-                channel_mult=mult, attention_resolutions=(attention,))
+                channel_mult=mult, attention_resolutions=(attention,), num_classes=num_classes)
 
 
 def cmd_train(args) -> int:
@@ -140,18 +156,32 @@ def _train(args, rank: int) -> int:
         for key in ("steps", "batch_size", "lr", "checkpoint_every", "micro_batches"):
             if getattr(args, key) is not None:
                 preset[key] = getattr(args, key)
+        if args.label_dropout is not None and not args.conditional:
+            raise InputValueError("--label-dropout applies only to --conditional training; add "
+                                  "--conditional or leave it out")
+        num_classes = dataset_classes(dataset) if args.conditional else None
+        dropout = {} if args.label_dropout is None else {"label_dropout": args.label_dropout}
         config = TrainConfig(**preset, weighting=args.weighting, seed=args.seed,
-                             on_nonfinite=args.on_nonfinite or "stop", autocast=args.autocast)
+                             on_nonfinite=args.on_nonfinite or "stop", autocast=args.autocast,
+                             **dropout)
         sde, prediction = make_process(resolve_process(model, args.sde)), args.prediction
         check_model_prediction(model, prediction)
         # The initial weights come from --seed too, so one command line gives one run (and a run
         # killed before its first checkpoint restarts from the same weights).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)
-            net = default_net(dataset, model, sde)
+            net = default_net(dataset, model, sde, num_classes)
+    from ..guidance import network_classes
+
+    labels = None
+    if network_classes(net) is not None:
+        if dataset_classes(dataset) > network_classes(net):
+            raise InputValueError(f"--data {args.data!r} has {dataset_classes(dataset)} classes but the "
+                                  f"run's network has {network_classes(net)}; resume with its data")
+        labels = dataset.train_labels
     trainer = Trainer(net, sde, dataset.train, out, config=config, prediction=prediction,
                       meta=dataset.to_config(), progress=not args.no_progress, device=device,
-                      compile=args.compile)
+                      compile=args.compile, labels=labels)
     if args.resume:
         say(f"resuming {out} at step {trainer.resume()}")
         saved_world, world = saved.get("world_size", 1), trainer.world_size
@@ -200,6 +230,13 @@ def add_parser(sub) -> None:
                         "(default), or skip the step")
     p.add_argument("--autocast", choices=("bfloat16",),
                    help="run the network in bfloat16 under torch.autocast (CPU or GPU)")
+    p.add_argument("--conditional", action="store_true",
+                   help="a class-conditional network (class embedding plus a null class) trained on "
+                        "the data's labels with label dropout, so one model samples both "
+                        "conditionally and unconditionally (classifier-free guidance)")
+    p.add_argument("--label-dropout", type=float,
+                   help="probability that a label is replaced by the null class (default 0.1, Ho & "
+                        "Salimans 2022); --conditional only")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     add_compile_argument(p)
     add_device_argument(p)

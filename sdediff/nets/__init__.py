@@ -14,13 +14,13 @@ from torch import nn
 
 from ..checks import check_choice, check_options
 from .diffusers_unet import DiffusersUNet
-from .embedding import TIME_SCALE, TimeEmbedding, sinusoidal_embedding
+from .embedding import TIME_SCALE, ClassEmbedding, TimeEmbedding, sinusoidal_embedding
 from .mlp import MLP
 from .unet import UNet
 
 NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet, "diffusers_unet": DiffusersUNet}
 
-__all__ = ["DiffusersUNet", "MLP", "NETS", "TIME_SCALE", "TimeEmbedding", "UNet", "build_net",
+__all__ = ["ClassEmbedding", "DiffusersUNet", "MLP", "NETS", "TIME_SCALE", "TimeEmbedding", "UNet", "build_net",
            "sinusoidal_embedding"]
 
 

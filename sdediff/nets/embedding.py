@@ -11,7 +11,14 @@ import math
 import torch
 from torch import nn
 
-from ..checks import InputValueError, check_batch_times, check_float, check_int, check_shape
+from ..checks import (
+    InputValueError,
+    check_batch_times,
+    check_float,
+    check_int,
+    check_labels,
+    check_shape,
+)
 from ..utils import batch_times
 
 TIME_SCALE = 1000.0
@@ -74,6 +81,48 @@ class TimeEmbedding(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         emb = sinusoidal_embedding(t, self.sinusoid_dim, self.max_period)
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class ClassEmbedding(nn.Module):
+    """A learned vector per class plus one for the null class (classifier-free guidance).
+
+    ``ClassEmbedding(num_classes, dim)``: ``num_classes + 1`` rows of width ``dim``; row
+    ``num_classes`` is the null class ``∅`` (its own learned vector, Ho & Salimans 2022), which
+    ``y=None`` selects for the whole batch. The table starts at zero, so an untrained conditional
+    network behaves as the unconditional one; training moves each class away from it.
+    ``forward(y, batch)``: ``y`` ``None``, an int or ``(B,)`` labels in ``0 .. num_classes``
+    (checked) -> ``(B, dim)``. A network adds it to its time embedding.
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = check_int("num_classes", num_classes, minimum=1)
+        self.table = nn.Embedding(num_classes + 1, dim)
+        nn.init.zeros_(self.table.weight)
+
+    def forward(self, y, batch: int) -> torch.Tensor:
+        device = self.table.weight.device
+        if y is None:
+            return self.table.weight[self.num_classes].expand(batch, -1)
+        labels = check_labels(y, self.num_classes, batch, null=True)
+        return self.table(labels.to(device))
+
+
+def class_embedding(num_classes: int | None, dim: int) -> ClassEmbedding | None:
+    """The class embedding of a network with ``num_classes`` classes, or ``None`` (unconditional)."""
+    return None if num_classes is None else ClassEmbedding(num_classes, dim)
+
+
+def embed(time_embed: nn.Module, class_embed: ClassEmbedding | None, t: torch.Tensor, y
+          ) -> torch.Tensor:
+    """The time embedding of ``t`` ``(B,)``, plus ``y``'s class embedding for a conditional
+    network. ``y`` given to an unconditional network (``class_embed`` ``None``) is refused."""
+    emb = time_embed(t)
+    if class_embed is None:
+        if y is not None:
+            check_labels(y, None, t.shape[0])
+        return emb
+    return emb + class_embed(y, t.shape[0]).to(emb.dtype)
 
 
 def check_net_input(x: torch.Tensor, t, sample_shape: tuple[int, ...]) -> torch.Tensor:

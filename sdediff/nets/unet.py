@@ -3,6 +3,7 @@
 Architecture, for ``L = len(channel_mult)`` levels and ``C_l = base_channels * channel_mult[l]``::
 
     e = TimeEmbedding(base_channels, emb_dim)(t)                          # (B, emb_dim)
+    e = e + ClassEmbedding(num_classes, emb_dim)(y)                       # conditional only
     h = Conv3x3(in_channels -> base_channels)(x)                          # (B, C_0, S, S)
     down, level l = 0 .. L-1 at resolution S / 2^l:
         num_res_blocks x [ResBlock(-> C_l, e), Attention if resolution in attention_resolutions]
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import InputTypeError, InputValueError, check_float, check_int
-from .embedding import TimeEmbedding, check_net_input
+from .embedding import TimeEmbedding, check_net_input, class_embedding, embed
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -123,10 +124,12 @@ class _Stage(nn.ModuleList):
 
 
 class UNet(nn.Module):
-    """DDPM-style U-Net ``(x, t) -> output of x's shape`` (see the module docstring).
+    """DDPM-style U-Net ``(x, t[, y]) -> output of x's shape`` (see the module docstring).
 
-    ``forward(x, t)``: ``x`` of shape ``(B, in_channels, image_size, image_size)``, ``t`` of shape
-    ``(B,)`` (or a scalar); returns ``x``'s shape. The output conv starts at zero, so the
+    ``forward(x, t, y=None)``: ``x`` of shape ``(B, in_channels, image_size, image_size)``, ``t``
+    of shape ``(B,)`` (or a scalar), ``y`` (conditional networks, ``num_classes`` set) ``None``
+    (the null class), an int or ``(B,)`` labels in ``0 .. num_classes`` (``num_classes`` = null);
+    returns ``x``'s shape. The output conv starts at zero, so the
     untrained network predicts 0.
 
     Arguments: ``channel_mult[l]`` multiplies ``base_channels`` at level ``l`` (each level after
@@ -153,6 +156,7 @@ class UNet(nn.Module):
         num_groups: int = 8,
         emb_dim: int | None = None,
         num_heads: int = 1,
+        num_classes: int | None = None,
     ):
         super().__init__()
         check_int("in_channels", in_channels, minimum=1)
@@ -217,6 +221,8 @@ class UNet(nn.Module):
             return AttentionBlock(ch, num_heads, num_groups)
 
         self.time_embed = TimeEmbedding(base_channels, emb_dim)
+        self.class_embed = class_embedding(num_classes, emb_dim)
+        self.num_classes = num_classes
         self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         # Down path: one stage per kept activation; skip_channels mirrors what forward stores.
@@ -258,17 +264,18 @@ class UNet(nn.Module):
     @property
     def config(self) -> dict:
         """Constructor arguments, JSON-serialisable; :func:`sdediff.nets.build_net` inverts it."""
-        return {
+        config = {
             "name": "unet", "in_channels": self.in_channels, "image_size": self.image_size,
             "base_channels": self.base_channels, "channel_mult": list(self.channel_mult),
             "num_res_blocks": self.num_res_blocks,
             "attention_resolutions": list(self.attention_resolutions), "dropout": self.dropout,
             "num_groups": self.num_groups, "emb_dim": self.emb_dim, "num_heads": self.num_heads,
         }
+        return config if self.num_classes is None else config | {"num_classes": self.num_classes}
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y=None) -> torch.Tensor:
         t = check_net_input(x, t, (self.in_channels, self.image_size, self.image_size))
-        emb = self.time_embed(t)
+        emb = embed(self.time_embed, self.class_embed, t, y)
         h = self.stem(x)
         skips = [h]
         for stage in self.down:

@@ -69,7 +69,10 @@ T_END = 1e-3
 class SampleResult:
     """``x``: samples ``(B, ...)``; ``nfe``: counted network calls; ``times``: the float64 grid
     used (for adaptive solvers, just its two ends: their steps are internal); ``trajectory``:
-    states after each step ``(steps + 1, B, ...)`` when asked for; ``seconds``: wall time."""
+    states after each step ``(steps + 1, B, ...)`` when asked for; ``seconds``: wall time;
+    ``evaluations``: network evaluations per sample, ``nfe`` times the model's
+    ``evaluations_per_call`` (``2 nfe`` under classifier-free guidance, whose one forward pass
+    of ``2B`` evaluates each sample twice)."""
 
     x: torch.Tensor
     nfe: int
@@ -77,6 +80,11 @@ class SampleResult:
     trajectory: torch.Tensor | None = None
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    evaluations: int | None = None
+
+    def __post_init__(self):
+        if self.evaluations is None:
+            self.evaluations = self.nfe
 
 
 class Observer:
@@ -319,7 +327,8 @@ class Sampler:
         trajectory = observe.trajectory
         return SampleResult(x=out, nfe=observe.nfe, times=ts,
                             trajectory=torch.stack(trajectory) if trajectory is not None else None,
-                            seconds=observe.seconds)
+                            seconds=observe.seconds,
+                            evaluations=observe.nfe * model.evaluations_per_call)
 
     @staticmethod
     def _check_times(sde, ts) -> torch.Tensor:
