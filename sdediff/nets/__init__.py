@@ -20,8 +20,8 @@ from .unet import UNet
 
 NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet, "diffusers_unet": DiffusersUNet}
 
-__all__ = ["ClassEmbedding", "DiffusersUNet", "MLP", "NETS", "TIME_SCALE", "TimeEmbedding", "UNet", "build_net",
-           "sinusoidal_embedding"]
+__all__ = ["ClassEmbedding", "DiffusersUNet", "MLP", "NETS", "TIME_SCALE", "TimeEmbedding", "UNet",
+           "build_net", "sinusoidal_embedding"]
 
 
 def build_net(config: dict) -> nn.Module:

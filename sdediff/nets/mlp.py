@@ -22,8 +22,9 @@ class MLP(nn.Module):
 
     ``forward(x, t, y=None)``: ``x`` of shape ``(B, data_dim)``, ``t`` of shape ``(B,)`` (or a
     scalar), ``y`` (conditional networks only) ``None`` (the null class), an int or ``(B,)``
-    labels in ``0 .. num_classes`` (``num_classes`` = null); returns ``(B, data_dim)``. The output layer starts at zero, so an untrained eps-prediction is
-    0 and the first loss is the noise variance rather than a random network's.
+    labels in ``0 .. num_classes`` (``num_classes`` = null); returns ``(B, data_dim)``. The
+    output layer starts at zero, so an untrained eps-prediction is 0 and the first loss is the
+    noise variance rather than a random network's.
 
     One hidden-by-hidden matrix per block and the time projections of all blocks fused in one
     ``Linear`` keep a training step cheap on a CPU (few, large matrix products).
