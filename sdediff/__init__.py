@@ -6,8 +6,9 @@ probability-flow ODE, denoising score matching and training.
 """
 
 from . import samplers
-from .checkpoint import load_model
+from .checkpoint import load_classifier, load_model
 from .checks import NumericalError
+from .inpaint import inpaint
 from .losses import dsm_loss
 from .ode import bits_per_dim, decode, encode, interpolate, log_likelihood
 from .samplers import sample
@@ -37,7 +38,9 @@ __all__ = [
     "decode",
     "dsm_loss",
     "encode",
+    "inpaint",
     "interpolate",
+    "load_classifier",
     "load_model",
     "log_likelihood",
     "sample",

@@ -6,7 +6,8 @@ naming the newest complete one. Each folder has
 - ``model.safetensors``, ``ema.safetensors``: network weights (safetensors never runs code);
 - ``optimizer.pt``: the optimizer state, read back only with ``torch.load(weights_only=True)``,
   which refuses any pickled object other than tensors and plain containers;
-- ``config.json``: format version (:data:`FORMAT_VERSION`), network, process, prediction type,
+- ``config.json``: format version (:data:`FORMAT_VERSION`), network, process, prediction type
+  (``logits`` for a noise-conditional classifier),
   data description, training options, step, and ``sha256``: the SHA-256 of each of the three
   other files, so a truncated or corrupted file is an error rather than wrong weights.
 
@@ -43,6 +44,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .checks import InputValueError
+from .losses import LOGITS
 from .score import ScoreModel
 from .sde import sde_from_config
 
@@ -274,18 +276,52 @@ def load_model(path, ema: bool = True, device=None, autocast=None) -> tuple[Scor
     read by :func:`sdediff.interop.load_pipeline` (its weights have no EMA copy).
     """
     from . import interop
-    from .nets import build_net  # networks are only needed when a model is rebuilt
 
     if interop.is_pipeline(path):
         return interop.load_pipeline(path, device=device, autocast=autocast)
 
     folder = resolve_checkpoint(path)
     config = read_config(folder)
+    if config["prediction"] == LOGITS:
+        raise InputValueError(f"checkpoint {str(folder)!r} is a noise-conditional classifier (sdediff "
+                              "train-classifier), not a score model; load it with "
+                              "sdediff.load_classifier, or pass a run of sdediff train")
+    net = _load_net(folder, config, ema, device)
+    model = ScoreModel(net, sde_from_config(config["sde"]), prediction=config["prediction"],
+                       autocast=autocast)
+    return model, config
+
+
+def load_classifier(path, ema: bool = True, device=None) -> tuple[torch.nn.Module, dict]:
+    """The noise-conditional classifier (EMA weights by default) and the config of the
+    checkpoint at ``path``, a run of ``sdediff train-classifier``.
+
+    The classifier is a :class:`~sdediff.nets.NoisyClassifier` in eval mode: ``classifier(x, t)
+    -> (B, num_classes)`` logits of ``p_t(y | x)``, ready for :meth:`ScoreModel.guide
+    <sdediff.score.ScoreModel.guide>`; ``config["sde"]`` is the process it was trained on (guide
+    a model of the same process). A score-model checkpoint is refused.
+    """
+    from . import interop
+
+    if interop.is_pipeline(path):
+        raise InputValueError(f"{str(path)!r} is a diffusers pipeline (a score model), not a "
+                              "noise-conditional classifier; pass a run of sdediff train-classifier")
+    folder = resolve_checkpoint(path)
+    config = read_config(folder)
+    if config["prediction"] != LOGITS:
+        raise InputValueError(f"checkpoint {str(folder)!r} is a score model (prediction "
+                              f"{config['prediction']!r}), not a noise-conditional classifier; load it "
+                              "with sdediff.load_model, or pass a run of sdediff train-classifier")
+    return _load_net(folder, config, ema, device), config
+
+
+def _load_net(folder: Path, config: dict, ema: bool, device) -> torch.nn.Module:
+    """The network of a checkpoint folder with its EMA (or raw) weights, in eval mode."""
+    from .nets import build_net  # networks are only needed when a model is rebuilt
+
     net = build_net(config["net"])
     load_weights(net, folder / WEIGHT_FILES[1 if ema else 0], config)
     net.eval()
     if device is not None:
         net.to(device)
-    model = ScoreModel(net, sde_from_config(config["sde"]), prediction=config["prediction"],
-                       autocast=autocast)
-    return model, config
+    return net

@@ -268,3 +268,46 @@ def check_labels(y: Any, num_classes: int | None, batch: int, *, null: bool = Fa
         raise InputValueError(f"class {what}={int(labels[bad][0])} is out of range; allowed: {allowed} "
                               f"(num_classes={num_classes})")
     return labels.expand(batch) if labels.numel() == 1 else labels
+
+
+def check_observation(x: Any, mask: Any, what: str = "x_known") -> tuple[torch.Tensor, torch.Tensor]:
+    """An observed batch ``x`` ``(B, *shape)`` and its 0/1 ``mask`` (1 = observed), of shape
+    ``shape`` (one mask for every example) or ``(B, *shape)`` (one per example); ``bool`` masks
+    are taken too. Returns ``(x, observed)`` with ``observed`` a ``bool`` tensor of ``x``'s shape
+    on ``x``'s device.
+
+    Every example must observe at least one coordinate and hide at least one (all 0: nothing to
+    condition on; all 1: nothing to fill in). Observed values must be finite; unobserved ones are
+    ignored and may be NaN.
+    """
+    check_tensor(what, x, finite=False)
+    if x.dim() < 2 or x.shape[0] == 0 or x[0].numel() == 0:
+        raise InputValueError(f"{what} must have shape (batch, ...) with at least one example, got "
+                              f"{tuple(x.shape)}; add a batch dimension (e.g. {what}[None])")
+    shape, batch = tuple(x.shape[1:]), x.shape[0]
+    allowed = f"{shape} (one mask for every example) or {(batch, *shape)} (one per example)"
+    if not isinstance(mask, torch.Tensor):
+        raise InputTypeError(f"mask must be a torch.Tensor of 0/1 (1 = observed) of shape {allowed}, "
+                             f"got {type(mask).__name__}")
+    if tuple(mask.shape) not in (shape, (batch, *shape)):
+        raise InputValueError(f"mask has shape {tuple(mask.shape)}, expected {allowed}, the shape of "
+                              f"{what}'s examples")
+    if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+        odd = mask[(mask != 0) & (mask != 1)] if not mask.is_complex() else mask.flatten()
+        bad = ", ".join(str(v) for v in odd.unique().tolist()[:5])
+        raise InputValueError(f"mask must hold only 0 and 1 (1 = observed), got {bad}")
+    observed = (mask == 1).to(x.device).expand(x.shape)
+    per_example = observed.reshape(batch, -1)
+    for empty, says, advice in ((~per_example.any(1), "observes no coordinate (all 0)",
+                                 "nothing to condition on; observe at least one coordinate (for "
+                                 "unconditional samples use sdediff.sample)"),
+                                (per_example.all(1), "observes every coordinate (all 1)",
+                                 "nothing to fill in; leave at least one coordinate unobserved")):
+        if bool(empty.any()):
+            which = "" if mask.dim() == len(shape) else f" of example {int(empty.nonzero()[0])}"
+            raise InputValueError(f"mask{which} {says}: {advice}")
+    bad = int((observed & ~torch.isfinite(x)).sum())
+    if bad:
+        raise InputValueError(f"{what} has {bad} non-finite observed value(s) (NaN or inf); observed "
+                              "values must be finite (unobserved ones are ignored and may be NaN)")
+    return x, observed

@@ -7,16 +7,24 @@
 - ``"likelihood"``: ``w = g(t)^2 / sigma(t)^2``, which makes the loss a bound on the negative
   log-likelihood (Song et al. 2021, "Maximum likelihood training of score-based diffusion
   models"). It is ``g^2 ||score_theta + eps/sigma||^2``, written in eps form.
+
+The noise-conditional classifier of classifier guidance (Dhariwal & Nichol 2021; Song et al.
+2021, section 5) is trained on the same draws: ``t ~ U(t_min, T)``, ``x_t`` from the same forward
+process, and the cross-entropy ``-log p_phi(y | x_t, t)`` (:func:`classifier_loss`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .checks import check_choice, check_float, check_tensor
+from .checks import InputValueError, check_choice, check_float, check_labels, check_tensor
 from .score import ScoreModel
 
 WEIGHTINGS = ("eps", "likelihood")
+#: The prediction a noise-conditional classifier records in its checkpoint (class logits, trained
+#: by :func:`classifier_loss`), where a score network records one of ``eps``, ``x0``, ``v``,
+#: ``score``: how :func:`~sdediff.checkpoint.load_model` and ``load_classifier`` tell them apart.
+LOGITS = "logits"
 
 
 def loss_weight(sde, t: torch.Tensor, weighting: str) -> torch.Tensor:
@@ -49,10 +57,39 @@ def dsm_loss(model: ScoreModel, x0: torch.Tensor, weighting: str = "eps",
         model = model.with_labels(labels)
     check_choice("weighting", weighting, WEIGHTINGS)
     sde = model.sde
-    t_min = sde.t_min if t_min is None else t_min
-    check_float("t_min", t_min, 0.0, sde.T, low_open=True, high_open=True)
-    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
-    t = t_min + (sde.T - t_min) * u
+    t = training_times(sde, x0, generator, t_min)
     xt, eps = sde.perturb(x0, t, generator=generator)
     per_sample = (model.eps(xt, t) - eps).pow(2).reshape(x0.shape[0], -1).mean(dim=1)
     return (loss_weight(sde, t, weighting).to(per_sample) * per_sample).mean()
+
+
+def training_times(sde, x0: torch.Tensor, generator: torch.Generator | None = None,
+                   t_min: float | None = None) -> torch.Tensor:
+    """``t ~ U(t_min, T)``, shape ``(B,)`` in ``x0``'s dtype and device, drawn from ``generator``;
+    ``t_min`` defaults to the process's."""
+    t_min = sde.t_min if t_min is None else t_min
+    check_float("t_min", t_min, 0.0, sde.T, low_open=True, high_open=True)
+    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
+    return t_min + (sde.T - t_min) * u
+
+
+def classifier_loss(classifier, sde, x0: torch.Tensor, labels: torch.Tensor,
+                    generator: torch.Generator | None = None, t_min: float | None = None
+                    ) -> torch.Tensor:
+    """Scalar cross-entropy of a noise-conditional classifier on the batch ``x0`` ``(B, ...)``.
+
+    ``t ~ U(t_min, T)`` and ``x_t = alpha(t) x_0 + sigma(t) eps`` as in :func:`dsm_loss` (the
+    same draws from ``generator``, so a seeded loss is reproducible), then
+    ``mean_b -log softmax(classifier(x_t, t))[labels_b]``. ``classifier(x, t) -> (B, C)``
+    logits (a :class:`~sdediff.nets.NoisyClassifier`); ``labels`` ``(B,)`` in ``0 .. C - 1``.
+    """
+    check_tensor("x0", x0)
+    t = training_times(sde, x0, generator, t_min)
+    xt, _ = sde.perturb(x0, t, generator=generator)
+    logits = classifier(xt, t)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x0.shape[0]:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise InputValueError(f"classifier(x, t) must return logits of shape ({x0.shape[0]}, "
+                              f"num_classes), got {got}")
+    labels = check_labels(labels, logits.shape[1], x0.shape[0], what="labels").to(logits.device)
+    return torch.nn.functional.cross_entropy(logits.float(), labels)

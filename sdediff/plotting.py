@@ -218,3 +218,24 @@ def plot_vs_nfe(series: dict, png_path, ylabel: str, title: str = "", floor: flo
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     return Path(png_path)
+
+
+#: The color of hidden pixels in :func:`plot_inpainting`'s masked row (RGB in [0, 1]).
+HIDDEN_COLOR = (0.85, 0.25, 0.2)
+
+
+def plot_inpainting(original: torch.Tensor, mask: torch.Tensor,
+                    inpainted: torch.Tensor | dict[str, torch.Tensor], png_path,
+                    data_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+    """Labelled strips: the originals ``(n, C, H, W)``, the same with their hidden pixels
+    (``mask == 0``; ``mask`` of shape ``(C, H, W)`` or ``(n, C, H, W)``, 1 = observed) painted
+    :data:`HIDDEN_COLOR`, and the inpainted images (one strip, or one per entry of a
+    ``{label: images}`` dict, e.g. one per method)."""
+    lo, hi = data_range
+    gray = ((original.detach().double().clamp(lo, hi) - lo) / (hi - lo)).mean(1, keepdim=True)
+    hidden = (mask.detach().to(original.device) == 0).expand_as(original).any(1, keepdim=True)
+    color = torch.tensor(HIDDEN_COLOR, dtype=gray.dtype, device=gray.device)[None, :, None, None]
+    masked = torch.where(hidden, color, gray.expand(-1, 3, -1, -1))
+    rows = inpainted if isinstance(inpainted, dict) else {"inpainted": inpainted}
+    return plot_image_rows({"original": original, "masked": lo + (hi - lo) * masked, **rows},
+                           png_path, data_range)

@@ -1,5 +1,10 @@
 """Training by denoising score matching: :class:`Trainer`.
 
+The same loop trains a noise-conditional classifier (:class:`~sdediff.nets.NoisyClassifier`, for
+classifier guidance) by cross-entropy on ``x_t`` from the same process
+(:func:`~sdediff.losses.classifier_loss`): the objective follows the network, and everything
+below -- checkpoints, EMA, exact resume, DDP, non-finite handling -- holds for both.
+
 AdamW with linear learning-rate warm-up, gradient-norm clipping, EMA weights (with score_sde's
 warm-up ``decay_n = min(decay, (1 + n) / (10 + n))``), a tqdm bar with the running loss, a CSV loss
 log and a loss-curve PNG, and atomic checkpoints (:mod:`sdediff.checkpoint`).
@@ -51,7 +56,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .checks import InputValueError, check_batch, check_choice, check_finite_value, check_float, check_int
-from .losses import WEIGHTINGS, dsm_loss
+from .losses import LOGITS, WEIGHTINGS, classifier_loss, dsm_loss
 from .score import AUTOCAST_DTYPES, PREDICTIONS, ScoreModel
 
 LOSS_CSV = "loss.csv"
@@ -118,9 +123,18 @@ def _dist_rank_world() -> tuple[int, int]:
 class Trainer:
     """Train ``net`` (predicting ``prediction``) on ``data`` ``(N, ...)`` under process ``sde``.
 
+    Objective. A score network (``prediction`` one of ``eps``, ``x0``, ``v``, ``score``; default
+    ``eps``) is trained by denoising score matching (:func:`~sdediff.losses.dsm_loss`, with
+    ``config.weighting``). A :class:`~sdediff.nets.NoisyClassifier` (``prediction`` ``"logits"``,
+    its default and only allowed value) is trained by cross-entropy on ``x_t`` drawn from the same
+    process with ``t ~ U(t_min, T)`` (:func:`~sdediff.losses.classifier_loss`); it needs
+    ``labels``, and ``weighting`` and ``label_dropout`` do not apply to it. The checkpoint
+    records the prediction, so :func:`~sdediff.checkpoint.load_model` and
+    :func:`~sdediff.checkpoint.load_classifier` each refuse the other kind.
+
     ``labels`` ``(N,)`` (a conditional network, ``net.num_classes`` set): each example's class,
     dropped to the null class with probability ``config.label_dropout`` (classifier-free
-    guidance training, :func:`~sdediff.losses.dsm_loss`).
+    guidance training, :func:`~sdediff.losses.dsm_loss`); for a classifier, the targets.
     ``meta`` is stored in the checkpoint config (for instance the data description);
     ``out_dir`` receives checkpoints, ``loss.csv`` and ``loss.png``. ``compile=True`` runs the
     forward passes through ``torch.compile`` (:meth:`ScoreModel.compiled
@@ -150,11 +164,11 @@ class Trainer:
     """
 
     def __init__(self, net: torch.nn.Module, sde, data: torch.Tensor, out_dir,
-                 config: TrainConfig | None = None, prediction: str = "eps",
+                 config: TrainConfig | None = None, prediction: str | None = None,
                  meta: dict | None = None, progress: bool = True, device=None,
                  compile: bool = False, labels: torch.Tensor | None = None):
         self.config = config or TrainConfig()
-        self.prediction = check_choice("prediction", prediction, PREDICTIONS)
+        self.prediction = self._checked_prediction(net, prediction)
         self.rank, self.world_size = _dist_rank_world()
         from .checks import check_device
 
@@ -176,20 +190,47 @@ class Trainer:
         self.step = 0
         self.skipped: list[int] = []
         self._consecutive_skips = 0
-        self.model = ScoreModel(train_net or self.net, sde, prediction=self.prediction,
-                                autocast=self.config.autocast)
-        if compile:    # the forward passes only: weights, EMA and checkpoints are self.net's
-            self.model = self.model.compiled()
+        if self.prediction == LOGITS:   # a classifier: logits, not a score (no ScoreModel)
+            self.model = None
+            self._classifier = train_net or self.net
+            if compile:
+                self._classifier = torch.compile(self._classifier)
+        else:
+            self.model = ScoreModel(train_net or self.net, sde, prediction=self.prediction,
+                                    autocast=self.config.autocast)
+            if compile:    # the forward passes only: weights, EMA and checkpoints are self.net's
+                self.model = self.model.compiled()
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.config.lr,
                                            weight_decay=self.config.weight_decay)
 
+    @staticmethod
+    def _checked_prediction(net, prediction: str | None) -> str:
+        """``prediction``, defaulting by the network (``logits`` for a classifier, else ``eps``); a
+        classifier trained as a score network, or the reverse, is refused."""
+        from .nets.classifier import is_classifier  # networks only when a model is trained
+
+        classifier = is_classifier(net)
+        if prediction is None:
+            return LOGITS if classifier else "eps"
+        if classifier and prediction != LOGITS:
+            raise InputValueError(f"prediction {prediction!r} given for a NoisyClassifier, which "
+                                  f"predicts class logits; allowed: {LOGITS!r} (or leave it out)")
+        if not classifier and prediction == LOGITS:
+            raise InputValueError(f"prediction {LOGITS!r} is for a NoisyClassifier, and the network "
+                                  f"is a {type(net).__name__}; allowed: {', '.join(PREDICTIONS)}")
+        return check_choice("prediction", prediction, (*PREDICTIONS, LOGITS))
+
     def _checked_labels(self, labels, net) -> torch.Tensor | None:
-        """A conditional network needs one label per example; an unconditional one takes none."""
+        """A conditional network or a classifier needs one label per example; an unconditional
+        score network takes none."""
         from .checks import check_labels
         from .guidance import network_classes
 
         classes = network_classes(net)
         if labels is None:
+            if self.prediction == LOGITS:
+                raise InputValueError(f"the network is a classifier (num_classes={classes}) and needs "
+                                      "labels; pass labels= (one class per example)")
             if classes is not None:
                 raise InputValueError(f"the network is conditional (num_classes={classes}) but no labels "
                                       "were given; pass labels= (one class per example)")
@@ -265,6 +306,18 @@ class Trainer:
                                f"{self._consecutive_skips} consecutive steps were skipped "
                                f"(max_skips={self.config.max_skips}); {advice}")
 
+    def loss(self, x0: torch.Tensor, labels: torch.Tensor | None,
+             generator: torch.Generator) -> torch.Tensor:
+        """The training objective on one shard: denoising score matching, or a classifier's
+        cross-entropy (see :class:`Trainer`), its draws from ``generator``."""
+        cfg = self.config
+        if self.model is not None:
+            return dsm_loss(self.model, x0, weighting=cfg.weighting, generator=generator,
+                            labels=labels, label_dropout=cfg.label_dropout)
+        with contextlib.nullcontext() if cfg.autocast is None else torch.autocast(
+                x0.device.type, dtype=AUTOCAST_DTYPES[cfg.autocast]):
+            return classifier_loss(self._classifier, self.sde, x0, labels, generator=generator)
+
     def train_step(self) -> float:
         """One optimisation step at ``self.step``; returns the loss (mean over the global batch).
 
@@ -290,8 +343,7 @@ class Trainer:
                                         generator=generator, device=self.device)
                     x0 = self.data[idx.to(self.data.device)].to(self.device)
                     labels = None if self.labels is None else self.labels[idx.to(self.labels.device)]
-                    loss = dsm_loss(self.model, x0, weighting=cfg.weighting, generator=generator,
-                                    labels=labels, label_dropout=cfg.label_dropout)
+                    loss = self.loss(x0, labels, generator)
                     value = self._mean_over_ranks(loss)
                     if not math.isfinite(value):  # on every rank alike: none runs the backward
                         good = False

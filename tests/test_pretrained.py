@@ -32,3 +32,20 @@ def test_ten_nfe_samples_are_digits_of_every_class():
     quality = digits_frechet(x)
     assert quality.ratio < 1.5                         # measured 1.0 at 1000 samples (docs)
     assert min(quality.classes) > 0.03 and max(quality.classes) < 0.2
+
+
+def test_the_bundle_is_class_conditional_and_sample_class_guides(capsys, tmp_path):
+    """One model for both uses: conditional (10 digits plus the null class) and unconditional."""
+    import numpy as np
+
+    from sdediff.bench.digit_features import predict_digits
+
+    model, config = load_model(default_checkpoint())
+    assert model.num_classes == 10 and config["train"]["label_dropout"] == 0.1
+    out = tmp_path / "threes.npy"
+    assert main(["sample", "--class", "3", "--guidance", "2.0", "--sampler", "dpm_solver++",
+                 "--steps", "9", "--num", "20", "--out", str(out), "--no-progress"]) == 0
+    assert "of class 3 (guidance 2), NFE 10 per sample (20 network evaluations per sample)" in \
+        capsys.readouterr().out
+    x = torch.from_numpy(np.load(out)).clamp(-1, 1)
+    assert float((predict_digits(x) == 3).double().mean()) >= 0.9

@@ -12,7 +12,7 @@ import os
 
 from ..checks import InputError, NumericalError
 from ..distributed import RankLost, leave
-from . import bench, demo, export, ode, sample, train
+from . import bench, classifier, demo, export, inpaint, ode, sample, train
 from .common import Parser, fail, parse_options
 from .ode import load_examples
 from .sample import SAMPLER_COLUMNS, markdown_table, sampler_rows
@@ -23,11 +23,13 @@ def build_parser() -> Parser:
     parser = Parser(prog="sdediff", description="Score-based diffusion through SDEs and ODEs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     train.add_parser(sub)
+    classifier.add_parser(sub)
     sample.add_parsers(sub)
     demo.add_parser(sub)
     ode.add_parsers(sub)
     bench.add_parser(sub)
     export.add_parser(sub)
+    inpaint.add_parser(sub)
     return parser
 
 

@@ -6,8 +6,9 @@
 2. **Images**, with the bundled digits model (:mod:`sdediff.pretrained`; no training): several
    samplers at 10 and 50 NFE side by side with their Fréchet distance in classifier features
    (:mod:`sdediff.bench.digit_features`) and its real-vs-real floor; an encode -> decode round trip
-   through the probability-flow ODE with its error; a latent interpolation strip; and bits/dim
-   on held-out digits.
+   through the probability-flow ODE with its error; a latent interpolation strip; bits/dim on
+   held-out digits; and held-out digits inpainted by each method. With a conditional model (the
+   bundled one is): a class x guidance grid with the classifier's accuracy per guidance weight.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ IMAGE_NFE = (10, 50)
 IMAGE_NUM = 256
 #: Digits in the round trip, interpolation pairs, and held-out digits scored for bits/dim.
 ROUND_TRIP, PAIRS, LIKELIHOOD_NUM = 10, 4, 100
+#: The demo's inpainting figure: held-out digits, and the methods (``sdediff.inpaint`` arguments).
+INPAINT_NUM = 10
+INPAINT_METHODS = {
+    "replacement, dpm_solver++ 20": {"method": "replacement", "sampler": "dpm_solver++", "steps": 20},
+    "repaint, ddim 50, j=r=10": {"method": "repaint", "steps": 50},
+    "smc, 16 particles, 50 steps": {"method": "smc", "particles": 16, "steps": 50},
+}
+#: The demo's class x guidance grid: weights, samples per class, NFE budget (forward passes).
+GUIDANCES, GRID_PER_CLASS, GUIDANCE_NFE = (0.0, 1.0, 2.0, 4.0), 8, 20
 #: rtol = atol of the round trip: a trained network makes the flow stiff near t_min, and the
 #: default 1e-5 leaves a visible error on the digits (the error by tolerance: docs/encoding.md).
 ROUND_TRIP_TOL = 1e-6
@@ -166,6 +176,68 @@ def images_demo(args, out: Path, report: list[str], device=None) -> None:
         round_trip, "", "![round trip](digits_round_trip.png)", "",
         "Spherical interpolation between the latents of two held-out digits, decoded:", "",
         "![interpolation](digits_interpolation.png)", "", f"Likelihood: {likelihood}", ""]
+    inpainting_demo(model, data, out, report, device)
+    if model.num_classes is not None:
+        guidance_demo(model, out, report)
+
+
+def inpainting_demo(model, data, out: Path, report: list[str], device=None) -> None:
+    """:data:`INPAINT_NUM` held-out digits with their left half hidden, inpainted by each method of
+    :data:`INPAINT_METHODS`, in one figure; appends its section with the digit classifier's
+    agreement with the true labels."""
+    import torch
+
+    from ..bench.digit_features import predict_digits
+    from ..inpaint import inpaint
+    from ..plotting import plot_inpainting
+
+    x = data.test[-INPAINT_NUM:]
+    labels = data.test_labels[-INPAINT_NUM:]
+    mask = torch.ones(x.shape[1:])
+    mask[..., : x.shape[-1] // 2] = 0                   # the left half hidden
+    rows, inpainted = [], {}
+    for label, kwargs in INPAINT_METHODS.items():
+        r = inpaint(model, x.to(device), mask.to(device), generator=torch.Generator().manual_seed(0),
+                    return_info=True, **kwargs)
+        inpainted[label] = r.x.cpu()
+        agree = int((predict_digits(r.x.cpu().clamp(-1, 1)) == labels).sum())
+        rows.append({"method": label, "nfe": r.nfe, "evaluations": r.evaluations,
+                     "agreement": f"{agree}/{len(x)}", "seconds": f"{r.seconds:.2f}"})
+        print(f"  inpaint {label:<30} NFE {r.nfe:>4}  agreement {agree}/{len(x)}  {r.seconds:.2f} s")
+    plot_inpainting(x, mask, inpainted, out / "digits_inpainting.png", data.data_range)
+    report += [
+        "### Inpainting", "",
+        f"The last {INPAINT_NUM} held-out digits with their left half hidden (red), filled in by each "
+        "method (`sdediff.inpaint`; docs/guidance.md). Agreement: the digit classifier's label of the "
+        "inpainted digit equals the original's.", "",
+        "```", format_table(rows, list(rows[0])), "```", "", "![inpainting](digits_inpainting.png)", ""]
+
+
+def guidance_demo(model, out: Path, report: list[str]) -> None:
+    """A conditional digits model's class x guidance grid (every digit, each weight of
+    :data:`GUIDANCES`) with the classifier's accuracy per weight; appends its section."""
+    from ..bench.guidance import digits_by_guidance
+    from ..plotting import plot_image_panels
+
+    rows, panels = [], {}
+    for run in digits_by_guidance(model, GUIDANCES, GRID_PER_CLASS, budget=GUIDANCE_NFE):
+        q = run.quality
+        rows.append({"guidance": f"{run.guidance:g}", "nfe": run.nfe, "evaluations": run.evaluations,
+                     "accuracy": f"{run.accuracy:.3f}", "frechet": f"{q.frechet:.2f}",
+                     "floor": f"{q.floor:.2f}", "seconds": f"{run.seconds:.2f}"})
+        panels[f"w = {run.guidance:g}: accuracy {run.accuracy:.2f}"] = run.x
+        print(f"  guidance {run.guidance:<4g} accuracy {run.accuracy:.3f}  Fréchet {q.frechet:6.2f} "
+              f"(floor {q.floor:.2f})  {run.evaluations} evaluations per sample")
+    plot_image_panels(panels, out / "digits_guidance.png", ncols=len(GUIDANCES), nrow=GRID_PER_CLASS)
+    table = format_table(rows, list(rows[0]))
+    report += [
+        "### Class-conditional digits and classifier-free guidance", "",
+        f"Each digit 0..9 (one row each), {GRID_PER_CLASS} samples, at guidance w in "
+        f"{', '.join(f'{w:g}' for w in GUIDANCES)} ({GUIDANCE_NFE} NFE of dpm_solver++, each a "
+        "forward pass of 2B when w > 0: `evaluations` per sample). Accuracy: the digit classifier "
+        "agrees with the class asked for. Fréchet distance of the pooled samples to the held-out "
+        "digits (few samples: the floor is high).", "", "```", table, "```", "",
+        "![class x guidance](digits_guidance.png)", ""]
 
 
 def cmd_demo(args) -> int:

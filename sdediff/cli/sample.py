@@ -76,6 +76,7 @@ def cmd_sample(args) -> int:
     model, config = load_checkpoint_model(args.checkpoint, device)
     if args.compile:
         model = model.compiled()
+    model = conditioned(model, args)
     options = parse_options(args.option)
     samplers.get(args.sampler, **options)  # unknown names and options fail before any work
     seeds = SampleSeeds(args.seed)
@@ -86,7 +87,8 @@ def cmd_sample(args) -> int:
                                  generator=seeds.shifted(start), return_info=True, device=device,
                                  progress=rank == 0 and not args.no_progress, **options)
         parts.append((start, result.x))
-        nfe, seconds = result.nfe, seconds + result.seconds
+        nfe, evaluations = result.nfe, result.evaluations
+        seconds += result.seconds
     x = gather(parts)
     if x is None:          # not rank 0: rank 0 writes
         return 0
@@ -97,9 +99,36 @@ def cmd_sample(args) -> int:
         except (ValueError, FileNotFoundError):
             data = None  # the training data is gone: plot the samples alone
     files = write_samples(x, Path(args.out), config["data"], data)
-    print(f"{args.sampler}: {args.num} samples, NFE {nfe} per sample, {seconds:.2f} s"
+    guided = "" if evaluations == nfe else f" ({evaluations} network evaluations per sample)"
+    which = "" if args.class_ is None else f" of class {args.class_} (guidance {args.guidance:g})"
+    print(f"{args.sampler}: {args.num} samples{which}, NFE {nfe} per sample{guided}, {seconds:.2f} s"
           f"{on_ranks()}; wrote {', '.join(str(f) for f in files)}")
     return 0
+
+
+def conditioned(model, args):
+    """``model`` at ``--class`` with classifier-free guidance ``--guidance`` (unchanged without
+    ``--class``); a guidance without a class, or a class the model lacks, is a one-line error."""
+    from ..checks import InputValueError
+
+    if args.class_ is None:
+        if args.guidance is not None:
+            raise InputValueError(f"--guidance {args.guidance:g} needs --class (the class to guide "
+                                  "towards)")
+        return model
+    if model.num_classes is None:
+        raise InputValueError(f"--class {args.class_} given, but the checkpoint's model is unconditional; "
+                              "train one with sdediff train --conditional")
+    return model.condition(args.class_, guidance=0.0 if args.guidance is None else args.guidance)
+
+
+def add_class_arguments(p) -> None:
+    p.add_argument("--class", dest="class_", type=int, metavar="C",
+                   help="sample class C of a conditional model (0 .. num_classes - 1; the bundled "
+                        "digits model: the digit)")
+    p.add_argument("--guidance", type=float, metavar="W",
+                   help="classifier-free guidance weight w >= 0: (1 + w) eps(x, t, C) - w eps(x, t, "
+                        "null), one forward pass of 2B (default 0: the conditional model)")
 
 
 def add_parsers(sub) -> None:
@@ -122,6 +151,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", default="samples.npy", help=".npy or .pt; a .png is written beside")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="sampler option, e.g. -o eta=0.5 -o schedule=logsnr")
+    add_class_arguments(p)
     add_device_argument(p)
     add_compile_argument(p)
     p.add_argument("--no-progress", action="store_true")

@@ -98,7 +98,6 @@ class ClassEmbedding(nn.Module):
         super().__init__()
         self.num_classes = check_int("num_classes", num_classes, minimum=1)
         self.table = nn.Embedding(num_classes + 1, dim)
-        nn.init.zeros_(self.table.weight)
 
     def forward(self, y, batch: int) -> torch.Tensor:
         device = self.table.weight.device
