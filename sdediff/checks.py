@@ -100,8 +100,8 @@ def check_float(
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputTypeError(f"{what} must be a number, got {value!r} ({type(value).__name__})")
     value = float(value)
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
+    lo = "(" if low_open or low is None else "["       # an infinite end is never allowed
+    hi = ")" if high_open or high is None else "]"
     interval = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
     bad = not math.isfinite(value)
     if low is not None:

@@ -105,9 +105,9 @@ def test_adaptive_refuses_bad_options_and_reports_breakdown():
     model = ring_mixture().score_model(sd.VPSDE())
     for options, message in [({"order": 4}, r"order must be <= 3, got 4"),
                              ({"order": 1}, r"order must be >= 2, got 1"),
-                             ({"rtol": -1.0}, r"rtol must be in \[0.0, inf\], got -1.0"),
+                             ({"rtol": -1.0}, r"rtol must be in \[0.0, inf\), got -1.0"),
                              ({"rtol": 0.0, "atol": 0.0}, r"rtol and atol cannot both be 0"),
-                             ({"h_init": 0.0}, r"h_init must be in \(0.0, inf\]")]:
+                             ({"h_init": 0.0}, r"h_init must be in \(0.0, inf\)")]:
         with pytest.raises(ValueError, match=message):
             sd.sample(model, shape=(2, 2), sampler="dpm_adaptive", **options)
     with pytest.raises(ValueError, match=r"unknown option 'schedule' for sampler 'dpm_adaptive'"):

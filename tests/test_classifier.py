@@ -246,6 +246,8 @@ def test_cli_trains_and_reports_accuracy_by_noise_level(capsys, tmp_path):
     assert main([*argv[:5], "--steps", "40", "--resume", "--no-progress"]) == 0
     assert "resuming" in capsys.readouterr().out
     assert sd.load_classifier(out)[1]["step"] == 40
+    fails_with(capsys, ["train", "--data", "moons", "--out", str(out), "--steps", "50", "--resume"],
+               r"holds a classifier, not a score-model run; resume it with sdediff train-classifier")
 
 
 def test_cli_errors_are_one_line(capsys, tmp_path):
@@ -257,7 +259,8 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
     sd.Trainer(MLP(hidden=8, depth=1, emb_dim=8), SDE, torch.randn(20, 2), score_run,
                config=sd.TrainConfig(steps=1, batch_size=4), progress=False).fit()
     fails_with(capsys, ["train-classifier", "--data", "moons", "--out", str(score_run),
-                                     "--resume"], r"holds a score-model run \(sdediff train\)")
+                                     "--resume"],
+               r"holds a score-model run, not a classifier run; resume it with sdediff train --resume")
     fails_with(capsys, ["train-classifier", "--data", "moons", "--out", str(tmp_path / "r"),
                                      "--sde", "nope"], r"invalid choice: 'nope'")
 

@@ -238,9 +238,9 @@ def test_float32_finite_on_every_grid_down_to_t_end_1e_5(name, options, process)
     ("unipc", {"lower_order_final": None}, TypeError, r"lower_order_final must be True or False"),
     ("ipndm", {"order": 5}, ValueError, r"order must be <= 4, got 5"),
     ("ipndm", {"order": 0}, ValueError, r"order must be >= 1, got 0"),
-    ("heun", {"s_churn": -1.0}, ValueError, r"s_churn must be in \[0.0, inf\], got -1.0"),
-    ("heun", {"s_noise": -0.5}, ValueError, r"s_noise must be in \[0.0, inf\], got -0.5"),
-    ("heun", {"s_tmin": 2.0, "s_tmax": 1.0}, ValueError, r"s_tmax must be in \[2.0, inf\], got 1.0"),
+    ("heun", {"s_churn": -1.0}, ValueError, r"s_churn must be in \[0.0, inf\), got -1.0"),
+    ("heun", {"s_noise": -0.5}, ValueError, r"s_noise must be in \[0.0, inf\), got -0.5"),
+    ("heun", {"s_tmin": 2.0, "s_tmax": 1.0}, ValueError, r"s_tmax must be in \[2.0, inf\), got 1.0"),
     ("heun", {"s_churn": "40"}, TypeError, r"s_churn must be a number, got '40'"),
     ("heun", {"order": 2}, ValueError,
      r"unknown option 'order' for sampler 'heun'; allowed: s_churn, s_noise, s_tmax, s_tmin, "

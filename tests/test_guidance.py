@@ -14,6 +14,7 @@ score and its classifier ``p_t(y | x)`` are exact at every ``t``, so
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -216,10 +217,10 @@ def test_trainer_labels_match_the_network(tmp_path):
     (lambda m: m.condition(-1), r"class y=-1 is out of range; allowed: 0..9"),
     (lambda m: m.condition(1.5), r"y must be an int or a tensor of integer class labels, got 1.5"),
     (lambda m: m.condition(torch.tensor([1.0])), r"y must be an int or a tensor of integer class labels"),
-    (lambda m: m.condition(3, guidance=-0.5), r"guidance must be in \[0.0, inf\], got -0.5"),
-    (lambda m: m.condition(3, guidance=math.nan), r"guidance must be in \[0.0, inf\], got nan"),
-    (lambda m: m.condition(3, guidance=math.inf), r"guidance must be in \[0.0, inf\], got inf"),
-    (lambda m: m.guide(lambda x, t: x, 3, scale=-1), r"scale must be in \[0.0, inf\], got -1"),
+    (lambda m: m.condition(3, guidance=-0.5), r"guidance must be in \[0.0, inf\), got -0.5"),
+    (lambda m: m.condition(3, guidance=math.nan), r"guidance must be in \[0.0, inf\), got nan"),
+    (lambda m: m.condition(3, guidance=math.inf), r"guidance must be in \[0.0, inf\), got inf"),
+    (lambda m: m.guide(lambda x, t: x, 3, scale=-1), r"scale must be in \[0.0, inf\), got -1"),
     (lambda m: m.guide(None, 3), r"classifier must be callable"),
 ])
 def test_bad_guidance_inputs(call, message):
@@ -239,3 +240,40 @@ def test_per_sample_labels_must_match_the_batch():
     with pytest.raises(ValueError, match="conditioned on 3 labels .one per sample. but is called on a "
                                          "batch of 4"):
         model.eps(torch.randn(4, 2), torch.rand(4))
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def cli_error(capsys, argv) -> str:
+    """Run ``sdediff argv``; assert the one-line error and exit status 2, return the line."""
+    from sdediff import cli
+
+    try:
+        status = cli.main(argv)
+    except SystemExit as exit:         # argparse's usage errors
+        status = exit.code
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and err.startswith("sdediff: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--class", "10"], r"class y=10 is out of range; allowed: 0..9"),
+    (["--class", "-1"], r"class y=-1 is out of range; allowed: 0..9"),
+    (["--class", "3", "--guidance", "-1"], r"guidance must be in \[0.0, inf\), got -1.0"),
+    (["--class", "3", "--guidance", "nan"], r"guidance must be in \[0.0, inf\), got nan"),
+    (["--guidance", "2"], r"--guidance 2 needs --class"),
+])
+def test_cli_bad_class_and_guidance_are_one_line(capsys, tmp_path, flags, message):
+    err = cli_error(capsys, ["sample", "--steps", "2", "--num", "2", "--out", str(tmp_path / "s.npy"),
+                             *flags])
+    assert re.search(message, err), err
+
+
+def test_cli_class_on_an_unconditional_checkpoint_is_one_line(capsys, tmp_path):
+    torch.manual_seed(0)
+    sd.Trainer(MLP(hidden=8, depth=1, emb_dim=8), SDE, torch.randn(20, 2), tmp_path / "run",
+               config=sd.TrainConfig(steps=1, batch_size=4), progress=False).fit()
+    err = cli_error(capsys, ["sample", "--checkpoint", str(tmp_path / "run"), "--class", "1",
+                             "--out", str(tmp_path / "s.npy")])
+    assert "--class 1 given, but the checkpoint's model is unconditional" in err

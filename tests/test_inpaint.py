@@ -244,7 +244,7 @@ BAD = [
     ({"method": "smc", "sampler": "heun"}, ValueError,
      r"sampler 'heun' given to method 'smc'.*allowed: ddim"),
     ({"method": "smc", "eta": 0.0}, ValueError, r"eta=0 given to method 'smc'.*\(0, 1\]"),
-    ({"method": "smc", "kappa": -1.0}, ValueError, r"kappa must be in \(0.0, inf\]"),
+    ({"method": "smc", "kappa": -1.0}, ValueError, r"kappa must be in \(0.0, inf\)"),
     ({"method": "repaint", "sampler": "ode"}, ValueError, r"sampler 'ode' is adaptive.*allowed: .*ddim"),
     ({"sampler": "ddim", "bogus": 1}, ValueError, r"unknown option 'bogus' for sampler 'ddim'"),
     ({"generator": 3}, TypeError, r"generator must be a torch.Generator or None, got int"),

@@ -290,7 +290,7 @@ def test_bits_per_dim_offsets():
                                data_range=(low, high)) == pytest.approx(math.log2(levels))
     with pytest.raises(ValueError, match=r"n_bits=8 and n_levels=17 disagree"):
         sd.bits_per_dim(1.0, 2, n_bits=8, n_levels=17)
-    with pytest.raises(ValueError, match=r"data_range high must be in \(1.0, inf\], got 1.0"):
+    with pytest.raises(ValueError, match=r"data_range high must be in \(1.0, inf\), got 1.0"):
         sd.bits_per_dim(1.0, 2, data_range=(1, 1))
     with pytest.raises(ValueError, match=r"n_levels must be >= 2, got 1"):
         sd.bits_per_dim(1.0, 2, n_levels=1)

@@ -110,7 +110,7 @@ def test_errors_name_the_bad_value_and_the_allowed_ones():
     with pytest.raises(ValueError, match=r"unknown option 'rtol' for sampler 'ode' with method "
                                          r"'euler'; allowed: adjoint, method, schedule"):
         sd.samplers.get("ode", method="euler", rtol=1e-3)
-    with pytest.raises(ValueError, match=r"rtol must be in \(0.0, inf\], got -1.0"):
+    with pytest.raises(ValueError, match=r"rtol must be in \(0.0, inf\), got -1.0"):
         sd.samplers.get("ode", rtol=-1.0)
 
 

@@ -146,7 +146,7 @@ def test_option_errors_name_the_allowed_values(gmm):
     model = gmm.score_model(sd.VPSDE())
     with pytest.raises(ValueError, match=r"unknown method 'heun'; allowed: euler, milstein, srk"):
         sd.sample(model, shape=(2, 2), sampler="sde", method="heun")
-    with pytest.raises(ValueError, match=r"snr must be in \(0.0, inf\], got -0.1"):
+    with pytest.raises(ValueError, match=r"snr must be in \(0.0, inf\), got -0.1"):
         sd.samplers.get("pc", snr=-0.1)
     with pytest.raises(ValueError, match=r"corrector_steps must be >= 0, got -1"):
         sd.samplers.get("pc", corrector_steps=-1)

@@ -5,13 +5,11 @@ the data's held-out split at a few noise levels."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from ..checks import InputValueError
 from .common import PROCESSES, add_device_argument, format_table, make_process, resolve_device
-from .train import DEFAULT_PROCESS, dataset_classes
+from .train import DEFAULT_PROCESS, check_run_folder, dataset_classes, resumed_config, resumed_train
 
 #: Training defaults per kind of data; command-line flags override them. Digits: 2000 steps reach
 #: held-out accuracy 0.994 at t = 0.01 and 0.71 at t = 0.3 in 6.3 minutes on one CPU thread.
@@ -57,10 +55,9 @@ def held_out_accuracy(classifier, sde, x0: torch.Tensor, labels: torch.Tensor, t
 
 def cmd_train_classifier(args) -> int:
     """``sdediff train-classifier``; under torchrun, rank 0 alone prints, writes and scores."""
-    from ..checkpoint import load_classifier, read_config, resolve_checkpoint
+    from ..checkpoint import load_classifier, resolve_checkpoint
     from ..data import load_dataset
     from ..distributed import init_distributed, rank_world
-    from ..losses import LOGITS
     from ..nets import build_net
     from ..sde import sde_from_config
     from ..train import TrainConfig, Trainer, train_config_from
@@ -68,33 +65,12 @@ def cmd_train_classifier(args) -> int:
     device = init_distributed(resolve_device(args.device))
     rank = rank_world()[0]
     say = print if rank == 0 else (lambda *a, **k: None)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputValueError(f"--out {str(out)!r} is a file; allowed: a new directory, or a run "
-                              "directory to continue with --resume")
-    has_run = (out / "checkpoints" / "latest").is_file()
-    if has_run and not args.resume:
-        raise InputValueError(f"{str(out)!r} already holds a training run; pass --resume to continue "
-                              "it or choose another --out")
-    if args.resume and not has_run:
-        raise InputValueError(f"--resume given but {str(out)!r} holds no checkpoint to resume")
+    out = check_run_folder(args.out, args.resume)
     dataset = load_dataset(args.data, seed=args.seed)
     num_classes = _classes(dataset)
     if args.resume:
-        saved = read_config(resolve_checkpoint(out))
-        if saved["prediction"] != LOGITS:
-            raise InputValueError(f"{str(out)!r} holds a score-model run (sdediff train), not a "
-                                  "classifier; resume it with sdediff train --resume, or choose "
-                                  "another --out")
-        if list(saved.get("data", {}).get("shape", dataset.shape)) != list(dataset.shape):
-            raise InputValueError(f"--data {args.data!r} has examples of shape {dataset.shape} but the run "
-                                  f"in {str(out)!r} was trained on {saved['data'].get('name')!r} of "
-                                  f"shape {tuple(saved['data']['shape'])}; resume with that data")
-        train = saved["train"] | ({} if args.steps is None else {"steps": args.steps})
-        if train["steps"] < saved["step"]:
-            raise InputValueError(f"--steps {train['steps']} is below the step of the checkpoint in "
-                                  f"{str(out)!r}; allowed: >= {saved['step']} (the total, not the "
-                                  "steps still to go)")
+        saved = resumed_config(out, dataset, args.data, classifier=True)
+        train = resumed_train(saved, out, steps=args.steps)
         config = train_config_from(train)
         net, sde = build_net(saved["net"]), sde_from_config(saved["sde"])
         if num_classes > net.num_classes:

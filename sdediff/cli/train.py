@@ -110,10 +110,58 @@ def cmd_train(args) -> int:
     return _train(args, rank_world()[0])
 
 
+def check_run_folder(path, resume: bool) -> Path:
+    """``--out`` as a ``Path``: a new folder, or (with ``resume``) one holding a run; else a
+    one-line error saying which."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputValueError(f"--out {str(out)!r} is a file; allowed: a new directory, or a run "
+                              "directory to continue with --resume")
+    has_run = (out / "checkpoints" / "latest").is_file()
+    if has_run and not resume:
+        raise InputValueError(f"{str(out)!r} already holds a training run; pass --resume to continue "
+                              "it or choose another --out")
+    if resume and not has_run:
+        raise InputValueError(f"--resume given but {str(out)!r} holds no checkpoint to resume")
+    return out
+
+
+def resumed_config(out: Path, dataset, data_name: str, classifier: bool) -> dict:
+    """The config of the run in ``out`` to resume, refused if it is of the other kind (a score
+    model for ``train-classifier``, a classifier for ``train``) or was trained on data of another
+    shape."""
+    from ..checkpoint import read_config, resolve_checkpoint
+    from ..losses import LOGITS
+
+    saved = read_config(resolve_checkpoint(out))
+    if (saved["prediction"] == LOGITS) != classifier:
+        held, command = (("a classifier", "train-classifier") if not classifier
+                         else ("a score-model run", "train"))
+        raise InputValueError(f"{str(out)!r} holds {held}, not a "
+                              f"{'classifier' if classifier else 'score-model'} run; resume it with "
+                              f"sdediff {command} --resume, or choose another --out")
+    if list(saved.get("data", {}).get("shape", dataset.shape)) != list(dataset.shape):
+        raise InputValueError(f"--data {data_name!r} has examples of shape {dataset.shape} but the run "
+                              f"in {str(out)!r} was trained on {saved['data'].get('name')!r} of "
+                              f"shape {tuple(saved['data']['shape'])}; resume with that data")
+    return saved
+
+
+def resumed_train(saved: dict, out: Path, **overrides) -> dict:
+    """The saved run's training settings with the flags given (``None``: keep), its ``steps``
+    refused below the checkpoint's step."""
+    train = saved["train"] | {k: v for k, v in overrides.items() if v is not None}
+    if train.get("steps", 0) < saved["step"]:
+        raise InputValueError(f"--steps {train['steps']} is below the step of the checkpoint in "
+                              f"{str(out)!r}; allowed: >= {saved['step']} (the total, not the "
+                              "steps still to go)")
+    return train
+
+
 def _train(args, rank: int) -> int:
     import torch
 
-    from ..checkpoint import read_config, resolve_checkpoint
+    from ..checkpoint import resolve_checkpoint
     from ..data import load_dataset
     from ..distributed import init_distributed
     from ..nets import build_net
@@ -122,31 +170,12 @@ def _train(args, rank: int) -> int:
 
     device = init_distributed(resolve_device(args.device))
     say = print if rank == 0 else (lambda *a, **k: None)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputValueError(f"--out {str(out)!r} is a file; allowed: a new directory, or a run "
-                              "directory to continue with --resume")
-    has_run = (out / "checkpoints" / "latest").is_file()
-    if has_run and not args.resume:
-        raise InputValueError(f"{str(out)!r} already holds a training run; pass --resume to continue "
-                              "it or choose another --out")
-    if args.resume and not has_run:
-        raise InputValueError(f"--resume given but {str(out)!r} holds no checkpoint to resume")
+    out = check_run_folder(args.out, args.resume)
     dataset = load_dataset(args.data, seed=args.seed)
     if args.resume:
-        saved = read_config(resolve_checkpoint(out))
-        if list(saved.get("data", {}).get("shape", dataset.shape)) != list(dataset.shape):
-            raise InputValueError(f"--data {args.data!r} has examples of shape {dataset.shape} but the run "
-                                  f"in {str(out)!r} was trained on {saved['data'].get('name')!r} of "
-                                  f"shape {tuple(saved['data']['shape'])}; resume with that data")
-        train = saved["train"] | {k: v for k, v in (("steps", args.steps),
-                                                     ("on_nonfinite", args.on_nonfinite))
-                                  if v is not None}
-        if train.get("steps", 0) < saved["step"]:
-            raise InputValueError(f"--steps {train['steps']} is below the step of the checkpoint in "
-                                  f"{str(out)!r}; allowed: >= {saved['step']} (the total, not the "
-                                  "steps still to go)")
-        config = train_config_from(train)
+        saved = resumed_config(out, dataset, args.data, classifier=False)
+        config = train_config_from(resumed_train(saved, out, steps=args.steps,
+                                                 on_nonfinite=args.on_nonfinite))
         net, sde, prediction = (build_net(saved["net"]), sde_from_config(saved["sde"]),
                                 saved["prediction"])
     else:

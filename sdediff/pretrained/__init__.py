@@ -1,8 +1,9 @@
 """Weights that ship inside the package (no download, ever).
 
-- ``digits/``: the built-in digits model, a U-Net trained on the scikit-learn 8x8 digits by
-  ``sdediff train --data digits --out runs/digits`` (the images preset; README and
-  ``docs/images.md`` give the run's figures). A checkpoint folder like any other:
+- ``digits/``: the built-in digits model, a class-conditional U-Net (label dropout 0.1: the
+  null class samples any digit) trained on the scikit-learn 8x8 digits by
+  ``sdediff train --data digits --conditional --out runs/digits`` (the images preset; README,
+  ``docs/images.md`` and ``docs/guidance.md`` give the run's figures). A checkpoint folder like any other:
   ``config.json`` plus the EMA weights ``ema.safetensors``. Every command that takes
   ``--checkpoint`` uses it when none is given; in Python, ``sdediff.load_model(DIGITS)``.
 - ``digit_classifier.safetensors``: the feature network of the digits' Fréchet distance
