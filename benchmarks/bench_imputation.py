@@ -249,6 +249,19 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def save(out: Path, part: str, result: dict) -> None:
+    """Write ``part``'s results into ``out/imputation.json`` (read afresh, so that a run of the other
+    part, e.g. ``--digits --no-gmm`` beside a part-1 run, keeps its results) and rewrite the
+    Markdown from the whole file."""
+    path = out / "imputation.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[part] = result
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    text = markdown(results)
+    (out / "imputation.md").write_text(text)
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="samples per row of part 1 (default 1000)")
@@ -264,8 +277,6 @@ def main() -> None:
     torch.set_num_threads(1)      # small batches on a shared machine: one thread is fastest
     out = Path(args.out or (tempfile.mkdtemp(prefix="bench_imputation_") if args.quick else RESULTS))
     out.mkdir(parents=True, exist_ok=True)
-    previous = out / "imputation.json"
-    results = json.loads(previous.read_text()) if previous.exists() else {}
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} thread"
     if not args.no_gmm:
         start = time.perf_counter()
@@ -279,21 +290,17 @@ def main() -> None:
                                     for c, w in zip(post.labels.tolist(), post.weights.tolist(),
                                                     strict=True) if w > 5e-4)
                 posteriors.append(f"{name} {obs_name}: {weights}")
-        results["gmm"] = {"meta": {"n": n, "quick": args.quick, "machine": machine,
+        save(out, "gmm", {"meta": {"n": n, "quick": args.quick, "machine": machine,
                                    "torch": torch.__version__, "posteriors": posteriors,
-                                   "seconds": time.perf_counter() - start}, "rows": rows}
+                                   "seconds": time.perf_counter() - start}, "rows": rows})
     if args.digits:
         start = time.perf_counter()
         num = 10 if args.quick else args.num_digits
         rows = digits_part(num, args.checkpoint, out)
-        results["digits"] = {"meta": {"num": num, "checkpoint": args.checkpoint or "bundled digits",
+        save(out, "digits", {"meta": {"num": num, "checkpoint": args.checkpoint or "bundled digits",
                                       "machine": machine, "seconds": time.perf_counter() - start},
-                             "rows": rows}
-    previous.write_text(json.dumps(results, indent=1) + "\n")
-    text = markdown(results)
-    (out / "imputation.md").write_text(text)
-    print(text)
-    print(f"wrote {out / 'imputation.md'} and {previous}")
+                             "rows": rows})
+    print(f"wrote {out / 'imputation.md'} and {out / 'imputation.json'}")
 
 
 if __name__ == "__main__":

@@ -30,12 +30,13 @@ IMAGE_NFE = (10, 50)
 IMAGE_NUM = 256
 #: Digits in the round trip, interpolation pairs, and held-out digits scored for bits/dim.
 ROUND_TRIP, PAIRS, LIKELIHOOD_NUM = 10, 4, 100
-#: The demo's inpainting figure: held-out digits, and the methods (``sdediff.inpaint`` arguments).
+#: The demo's inpainting figure: held-out digits, and the methods (``sdediff.inpaint`` arguments),
+#: sized for seconds (docs/guidance.md has the full-size comparison).
 INPAINT_NUM = 10
 INPAINT_METHODS = {
     "replacement, dpm_solver++ 20": {"method": "replacement", "sampler": "dpm_solver++", "steps": 20},
-    "repaint, ddim 50, j=r=10": {"method": "repaint", "steps": 50},
-    "smc, 16 particles, 50 steps": {"method": "smc", "particles": 16, "steps": 50},
+    "repaint, ddim 25, j=r=5": {"method": "repaint", "steps": 25, "jump_length": 5, "resamplings": 5},
+    "smc, 16 particles, 25 steps": {"method": "smc", "particles": 16, "steps": 25},
 }
 #: The demo's class x guidance grid: weights, samples per class, NFE budget (forward passes).
 GUIDANCES, GRID_PER_CLASS, GUIDANCE_NFE = (0.0, 1.0, 2.0, 4.0), 8, 20
