@@ -28,12 +28,32 @@ exact cost fits).
   which uses nothing of the evaluation batch.
   Heun's ``2N - 1`` calls cannot make 10 or 20: it enters at 9 and 19.
 - **Adaptive**: ``rtol = atol = tol`` swept over ``10^(-k/8)``; the NFE of the loosest ``tol``
-  whose error is at most 1e-3, for ``dpm_adaptive`` and for ``ode`` (torchdiffeq dopri5).
+  whose error is at most 1e-3, for ``dpm_adaptive``, for ``ode`` (torchdiffeq dopri5) and for
+  k-diffusion's ``sample_dpm_adaptive`` (``kdiff:dpm_adaptive``, order 3, from the same ``x_T``
+  to the same end, so against the same reference).
+- **Peers** at 5, 10 and 20 NFE (:data:`PEER_NFES`), each at its best scheduler and grid, beside
+  sdediff's best (the named grids at every budget, the fitted ones at 10 and 20):
 
-    python benchmarks/bench_fast_solvers.py [--iterations 400] [--quick]
+  - diffusers (:mod:`sdediff.bench.peers`): every scheduler of ``PEERS`` with
+    ``timestep_spacing`` ``linspace`` and ``trailing`` (the placements that start at the top of
+    the chain; ``leading``, DDIM's default, starts lower -- timestep 800 of 1000 at 5 steps -- and
+    so solves a shorter flow than the others), on its discrete chain, against its own exact
+    reference (its start carried along the exact flow to its end, ``s = 0`` for most);
+  - k-diffusion (:mod:`sdediff.bench.kdiffusion`, when installed): ``sample_euler``, ``heun``,
+    ``dpm_2``, ``lms``, ``dpmpp_2m``, ``dpmpp_3m_sde`` (eta 0) on each of its grid constructors
+    (karras, exponential, polyexponential rho 2, vp) and ``sample_dpm_fast``, over the same
+    exact model through ``KarrasDenoiser``, from the same ``x_T`` to ``t_end``: the same
+    reference as the sdediff solvers.
 
-Prints the target table, the full table (solver x grid x NFE) and the pilot costs; writes
-``benchmarks/results/fast_solvers.json`` and ``.md``.
+  A peer that is not installed is left out with a note.
+
+    python benchmarks/bench_fast_solvers.py [--iterations 400] [--quick] [--problems gmm2d]
+                                            [--out DIR]
+
+Prints the target table, the peers table, the full tables (solver x grid x NFE) and the pilot
+costs; writes ``fast_solvers.json`` and ``.md`` to ``benchmarks/results/`` (``--out``; with
+``--quick``, a fresh temporary folder unless ``--out`` is given: a quick run never overwrites the
+committed results).
 """
 
 from __future__ import annotations
@@ -41,14 +61,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 import sdediff as sd
+from sdediff.bench import kdiffusion, peers
 from sdediff.bench.metrics import rms
-from sdediff.bench.problems import PROBLEMS, exact_pf_endpoint
+from sdediff.bench.problems import PROBLEMS, exact_pf_endpoint, pf_flow
 from sdediff.samplers.fitted import fit_grid
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -58,6 +80,10 @@ T_END, BATCH, EVAL_SEED, PILOT_SEED = 1e-3, 256, 0, 1234
 #: sample dominates the pilot RMS and the fit chases it, so gmm64's pilot is twice as large.
 PILOT = {"gmm2d": 256, "gmm64": 512}
 NFES = (10, 20)
+#: Budgets of the peers table (the named grids of every sdediff solver run at these too).
+PEER_NFES = (5, 10, 20)
+#: diffusers' timestep placements tried (see the module docstring for ``leading``).
+DIFFUSERS_SPACINGS = ("linspace", "trailing")
 NAMED_GRIDS = ("uniform", "logsnr", "karras", "quadratic", "edm")
 BASELINE_GRIDS = ("uniform", "logsnr", "karras")
 #: (sampler, options): every fixed-step deterministic configuration in the table.
@@ -112,6 +138,63 @@ def nfe_to_target(model, x_T, reference, sampler, **options) -> dict:
     return {"nfe": None, "tol": None, "error": None, "sweep": sweep}
 
 
+def kdiff_nfe_to_target(gmm, model, x_T, reference, ends) -> dict:
+    """:func:`nfe_to_target` for k-diffusion's ``sample_dpm_adaptive`` (order 3, its default).
+    It may stop up to 1e-5 short of ``log s(t_end)``: then it is measured against the exact flow
+    to where it stopped."""
+    sweep = []
+    for tol in TOLERANCES:
+        x, nfe, _, (y0, s0, s_end, scale) = kdiffusion.run_kdiffusion(
+            "kdiff:dpm_adaptive", None, model, x_T, t_end=T_END, rtol=tol, atol=tol)
+        if kdiffusion.same_ends((s0, s_end, scale), ends):
+            error = rms(x, reference)
+        else:
+            error = rms(x, scale * pf_flow(gmm, y0, s0, s_end))
+        sweep.append({"tol": tol, "nfe": nfe, "error": error, "s_end": s_end})
+        if error <= TARGET_ERROR:
+            return {"nfe": nfe, "tol": tol, "error": error, "sweep": sweep}
+    return {"nfe": None, "tol": None, "error": None, "sweep": sweep}
+
+
+def peer_runs(gmm, model, x_T, reference, ends, notes: list[str]) -> list[dict]:
+    """Every peer configuration at :data:`PEER_NFES`, each against its exact reference."""
+    rows, references = [], {}
+    if peers.diffusers_available():
+        for name in peers.PEERS:
+            for spacing in DIFFUSERS_SPACINGS:
+                for budget in PEER_NFES:
+                    steps = peers.peer_steps(peers.make_scheduler(name, timestep_spacing=spacing),
+                                             budget)
+                    if steps is None:
+                        continue
+                    x, nfe, _, (y0, s0, s_end, scale) = peers.run_peer(
+                        name, steps, gmm, x_T, timestep_spacing=spacing)
+                    key = (f"{s0:.12e}", f"{s_end:.12e}", f"{scale:.12e}")
+                    if key not in references:
+                        references[key] = scale * pf_flow(gmm, y0, s0, s_end)
+                    rows.append({"peer": "diffusers", "solver": name, "grid": spacing,
+                                 "budget": budget, "nfe": nfe, "steps": steps,
+                                 "error": rms(x, references[key])})
+    else:
+        notes.append(f"diffusers is not installed: its peers are left out; {peers.PIP_EXTRA}")
+    if kdiffusion.kdiffusion_available():
+        tasks, _ = kdiffusion.plan_kdiffusion(
+            [n for n, p in kdiffusion.KDIFF_PEERS.items() if p.kind != "adaptive"], PEER_NFES, ())
+        for task in tasks:
+            x, nfe, _, (_, s0, s_end, scale) = kdiffusion.run_task(task, model, x_T, T_END)
+            if not kdiffusion.same_ends((s0, s_end, scale), ends):
+                raise RuntimeError(f"{task.sampler} ran from s = {s0} to {s_end}, not from s(T) to "
+                                   "s(t_end)")
+            rows.append({"peer": "k-diffusion", "solver": task.sampler,
+                         "grid": task.options.get("grid", "own (log sigma)"),
+                         "budget": task.budget, "nfe": nfe, "steps": task.steps,
+                         "error": rms(x, reference)})
+    else:
+        notes.append(f"k-diffusion is not installed: its peers are left out; "
+                     f"{kdiffusion.PIP_KDIFF}")
+    return rows
+
+
 def bench_problem(key: str, iterations: int, fitted_configs) -> dict:
     sde, gmm = sd.VPSDE(), PROBLEMS[key]()
     model = gmm.score_model(sde)
@@ -129,7 +212,7 @@ def bench_problem(key: str, iterations: int, fitted_configs) -> dict:
     pilot_reference_nfe = model.nfe - before
 
     rows = []
-    for nfe in NFES:
+    for nfe in sorted(set(NFES) | set(PEER_NFES)):
         for name, options in CONFIGS:
             # every configuration fits both budgets (Heun's 2N - 1 at 9 and 19 calls)
             steps, used = sd.samplers.get(name, **options).steps_within(nfe, sde, T_END)
@@ -141,6 +224,8 @@ def bench_problem(key: str, iterations: int, fitted_configs) -> dict:
                              "sampler": name, "options": options, "grid": grid,
                              "error": rms(x, reference),
                              "pilot_error": rms(x_pilot, pilot_reference), "pilot_nfe": 0})
+        if nfe not in NFES:
+            continue
         for name, options in fitted_configs:
             steps, used = sd.samplers.get(name, **options).steps_within(nfe, sde, T_END)
             start = time.perf_counter()
@@ -180,18 +265,39 @@ def bench_problem(key: str, iterations: int, fitted_configs) -> dict:
             "pilot_chosen_ratio": chosen["error"] / baseline["error"],
         })
 
+    ends_t = torch.tensor([sde.T, T_END], dtype=torch.float64)
+    ends = (*sde.sigma_over_alpha(ends_t).tolist(), float(sde.alpha(ends_t[1])))
+    notes: list[str] = []
+    start = time.perf_counter()
+    peer_rows = peer_runs(gmm, model, x_T, reference, ends, notes)
+    print(f"[{key}] peers: {len(peer_rows)} runs, {time.perf_counter() - start:.0f} s", flush=True)
+    peer_targets = []
+    for nfe in PEER_NFES:
+        entry = {"problem": key, "nfe": nfe}
+        ours = min((r for r in rows if r["budget"] == nfe), key=lambda r: r["error"])
+        entry["sdediff"] = {k: ours[k] for k in ("solver", "grid", "error", "nfe")}
+        for peer in ("diffusers", "k-diffusion"):
+            pool = [r for r in peer_rows if r["peer"] == peer and r["budget"] == nfe]
+            best = min(pool, key=lambda r: r["error"], default=None)
+            entry[peer] = None if best is None else {k: best[k] for k in ("solver", "grid",
+                                                                           "error", "nfe")}
+        peer_targets.append(entry)
+
     adaptive = {
         "dpm_adaptive order=3": nfe_to_target(model, x_T, reference, "dpm_adaptive", order=3),
         "dpm_adaptive order=2": nfe_to_target(model, x_T, reference, "dpm_adaptive", order=2),
         "ode dopri5": nfe_to_target(model, x_T, reference, "ode", method="dopri5"),
     }
+    if kdiffusion.kdiffusion_available():
+        adaptive["kdiff:dpm_adaptive"] = kdiff_nfe_to_target(gmm, model, x_T, reference, ends)
     best = min((v["nfe"] for k, v in adaptive.items() if k.startswith("dpm") and v["nfe"]),
                default=None)
     ode_nfe = adaptive["ode dopri5"]["nfe"]
     adaptive_ratio = best / ode_nfe if best and ode_nfe else None
     return {"problem": key, "dim": dim, "components": gmm.means.shape[0],
             "pilot_reference_nfe": pilot_reference_nfe, "rows": rows, "targets": targets,
-            "adaptive": adaptive, "adaptive_ratio": adaptive_ratio}
+            "adaptive": adaptive, "adaptive_ratio": adaptive_ratio, "peer_rows": peer_rows,
+            "peer_targets": peer_targets, "notes": notes}
 
 
 def fmt(v) -> str:
@@ -200,7 +306,8 @@ def fmt(v) -> str:
 
 def markdown(results: list[dict], meta: dict) -> str:
     lines = ["# Fast solvers: issue 4's target table", "",
-             f"`python benchmarks/bench_fast_solvers.py` ({meta['seconds']:.0f} s wall, "
+             f"`python benchmarks/bench_fast_solvers.py{' --quick' if meta['quick'] else ''}` "
+             f"({meta['seconds']:.0f} s wall, "
              f"{meta['cpu_seconds']:.0f} s CPU, {meta['machine']}, torch {meta['torch']}, fit "
              f"budget {meta['iterations']} runs). "
              "RMS error to the exact probability-flow endpoint at `t_end = 1e-3`, "
@@ -215,15 +322,31 @@ def markdown(results: list[dict], meta: dict) -> str:
                          f"{b['error']:.3e} | {o['solver']}, {o['grid']} (NFE {o['nfe']}) | "
                          f"{o['error']:.3e} | **{t['ratio']:.2f}** | {c['solver']}, {c['grid']} | "
                          f"{c['error']:.3e} | {t['pilot_chosen_ratio']:.2f} |")
+    lines += ["", "Peers: the best configuration of each at 5, 10 and 20 NFE (diffusers: scheduler "
+              "and `timestep_spacing`, against its own exact reference; k-diffusion: sampler and "
+              "grid constructor, against the same reference as sdediff; sdediff: every solver "
+              "on every named grid, fitted grids at 10 and 20).", "",
+              "| problem | NFE | sdediff (best) | error | diffusers (best) | error | "
+              "k-diffusion (best) | error |", "|---|---|---|---|---|---|---|---|"]
+
+    def cell(best):
+        if best is None:
+            return "- | -"
+        return f"{best['solver']}, {best['grid']} (NFE {best['nfe']}) | {best['error']:.3e}"
+
+    for res in results:
+        for t in res["peer_targets"]:
+            lines.append(f"| {t['problem']} | {t['nfe']} | {cell(t['sdediff'])} | "
+                         f"{cell(t['diffusers'])} | {cell(t['k-diffusion'])} |")
+    names = list(dict.fromkeys(k for res in results for k in res["adaptive"]))
     lines += ["", "Adaptive: calls to reach RMS error <= 1e-3 (loosest `rtol = atol` of the "
-              "sweep `10^(-k/8)`; goal ratio <= 0.5).", "",
-              "| problem | dpm_adaptive order 3 | dpm_adaptive order 2 | ode dopri5 | ratio |",
-              "|---|---|---|---|---|"]
+              "sweep `10^(-k/8)`; goal ratio <= 0.5: sdediff's best `dpm_adaptive` over "
+              "`ode`).", "",
+              "| problem | " + " | ".join(names) + " | ratio |", "|---|" + "---|" * (len(names) + 1)]
     for res in results:
         a = res["adaptive"]
-        cells = [f"{fmt(v['nfe'])} (tol {fmt(v['tol'])}, error {fmt(v['error'])})"
-                 for v in (a["dpm_adaptive order=3"], a["dpm_adaptive order=2"],
-                           a["ode dopri5"])]
+        cells = [f"{fmt(a[n]['nfe'])} (tol {fmt(a[n]['tol'])}, error {fmt(a[n]['error'])})"
+                 if n in a else "-" for n in names]
         lines.append(f"| {res['problem']} | " + " | ".join(cells)
                      + f" | **{fmt(res['adaptive_ratio'])}** |")
     lines += ["", "Pilot cost of the fitted grids (network calls on the pilot batch, 256 samples "
@@ -252,6 +375,25 @@ def markdown(results: list[dict], meta: dict) -> str:
             lines.append(f"| {solver} | {nfe} | " + " | ".join(
                 f"{cells[g]['error']:.2e} ({cells[g]['pilot_error']:.1e})" if g in cells else "-"
                 for g in grids) + " |")
+    for res in results:
+        if not res["peer_rows"]:
+            continue
+        lines += ["", f"Peers, {res['problem']} (error; `(n)`: the NFE used when the budget "
+                  "cannot be met exactly):", ""]
+        grids = list(dict.fromkeys(r["grid"] for r in res["peer_rows"]))
+        lines += ["| peer | budget | " + " | ".join(grids) + " |",
+                  "|---|---|" + "---|" * len(grids)]
+        keyed = {}
+        for r in res["peer_rows"]:
+            keyed.setdefault((r["solver"], r["budget"]), {})[r["grid"]] = r
+        for (solver, budget), cells in keyed.items():
+            lines.append(f"| {solver} | {budget} | " + " | ".join(
+                (f"{cells[g]['error']:.2e}" + ("" if cells[g]["nfe"] == budget
+                                               else f" ({cells[g]['nfe']})"))
+                if g in cells else "-" for g in grids) + " |")
+    notes = list(dict.fromkeys(n for res in results for n in res["notes"]))
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -260,25 +402,43 @@ def main():
     parser.add_argument("--iterations", type=int, default=400,
                         help="objective evaluations per fitted grid (default 400)")
     parser.add_argument("--quick", action="store_true",
-                        help="fit one configuration per problem with 100 evaluations")
+                        help="fit one configuration per problem with 100 evaluations, and write "
+                        "to a fresh temporary folder (unless --out)")
+    parser.add_argument("--problems", default=",".join(PROBLEMS),
+                        help=f"comma-separated problems (default {','.join(PROBLEMS)})")
+    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results; "
+                        "--quick: a temporary folder)")
     args = parser.parse_args()
+    problems = [p.strip() for p in args.problems.split(",")]
+    for p in problems:
+        if p not in PROBLEMS:
+            parser.error(f"unknown problem {p!r}; allowed: {', '.join(PROBLEMS)}")
     # tiny batches: one thread (two threads' sync costs more than the work on a shared machine)
     torch.set_num_threads(1)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = args.out or (Path(tempfile.mkdtemp(prefix="fast_solvers_quick_")) if args.quick
+                       else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
     iterations = 100 if args.quick else args.iterations
     fitted_configs = FITTED[-1:] if args.quick else FITTED
     start, cpu_start = time.perf_counter(), time.process_time()
-    results = [bench_problem(key, iterations, fitted_configs) for key in PROBLEMS]
+    results = [bench_problem(key, iterations, fitted_configs) for key in problems]
     meta = {"seconds": time.perf_counter() - start,
             "cpu_seconds": time.process_time() - cpu_start, "iterations": iterations,
             "torch": torch.__version__, "machine": f"{platform.machine()} CPU, 1 thread",
             "t_end": T_END, "batch": BATCH, "pilot": PILOT, "eval_seed": EVAL_SEED,
-            "pilot_seed": PILOT_SEED}
-    (RESULTS / "fast_solvers.json").write_text(
+            "pilot_seed": PILOT_SEED, "quick": args.quick}
+    if peers.diffusers_available():
+        import diffusers
+
+        meta["diffusers"] = diffusers.__version__
+    if kdiffusion.kdiffusion_available():
+        meta["k-diffusion"] = kdiffusion.kdiffusion_version()
+    (out / "fast_solvers.json").write_text(
         json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     text = markdown(results, meta)
-    (RESULTS / "fast_solvers.md").write_text(text)
+    (out / "fast_solvers.md").write_text(text)
     print(text)
+    print(f"wrote {out / 'fast_solvers.json'} and {out / 'fast_solvers.md'}")
 
 
 if __name__ == "__main__":

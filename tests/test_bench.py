@@ -184,7 +184,7 @@ def test_frechet_distance_of_gaussian_fits():
 
 def test_diffusers_peers_converge_to_their_own_exact_reference():
     pytest.importorskip("diffusers")
-    result = bench.run_bench("gmm2d", samplers="peers", nfe="10,40", num=32, progress=False)
+    result = bench.run_bench("gmm2d", samplers="diffusers", nfe="10,40", num=32, progress=False)
     assert not [n for n in result.notes if "failed" in n], result.notes
     errors = {}
     for r in result.rows:

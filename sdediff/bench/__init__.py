@@ -10,6 +10,8 @@ core never imports it (``tests/test_bench.py`` checks). One job per module:
 - :mod:`~sdediff.bench.digit_features`: the small digit classifier in whose features the digits'
   Fréchet distance is measured;
 - :mod:`~sdediff.bench.peers`: diffusers' schedulers as peers, each with its own exact reference;
+- :mod:`~sdediff.bench.kdiffusion`: k-diffusion's samplers as peers (its ``sampling.py`` alone,
+  over a sdediff model through :class:`~sdediff.bench.kdiffusion.KarrasDenoiser`);
 - :mod:`~sdediff.bench.plan`: samplers x NFE budgets -> the runs (step counts from
   :meth:`Sampler.steps_within <sdediff.samplers.base.Sampler.steps_within>`);
 - :mod:`~sdediff.bench.sweep`: running them, :func:`run_bench` (``sdediff bench``) and
@@ -27,9 +29,9 @@ retrains it, and running a module the package already imported would warn.
 from .model import MODEL_PROBLEM, run_model_bench
 from .plan import DEFAULT_NFE, TOLERANCES, Task, parse_list, plan, resolve_samplers
 from .report import COLUMNS, BenchResult, markdown_report, summary_lines, write_results
-from .sweep import PROBLEM_NAMES, T_END, DigitsRun, digits_by_budget, run_bench
+from .sweep import PROBLEM_NAMES, T_END, DigitsRun, digits_by_budget, resolve_bench_samplers, run_bench
 
 __all__ = ["COLUMNS", "DEFAULT_NFE", "MODEL_PROBLEM", "PROBLEM_NAMES", "TOLERANCES", "T_END",
            "BenchResult", "DigitsRun", "Task", "digits_by_budget", "markdown_report", "parse_list",
-           "plan", "resolve_samplers", "run_bench", "run_model_bench", "summary_lines",
-           "write_results"]
+           "plan", "resolve_bench_samplers", "resolve_samplers", "run_bench", "run_model_bench",
+           "summary_lines", "write_results"]

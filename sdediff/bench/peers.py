@@ -15,6 +15,7 @@ schedules end at ``sigma = 0``). A peer's budget is met by :func:`peer_steps`: t
 steps whose model calls (``len(timesteps)``, e.g. Heun's ``2 steps - 1``) fit.
 
 diffusers is optional (``pip install 'sdediff[bench]'``); it is imported only when a peer runs.
+k-diffusion's samplers, the other peers, are in :mod:`sdediff.bench.kdiffusion`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ PEER_COUNTERPARTS = {"diffusers:ddim": "ddim", "diffusers:dpm_solver++": "dpm_so
                      "diffusers:unipc": "unipc", "diffusers:heun": "heun"}
 #: The discrete schedule the peers run on (Ho et al.'s, = ``VPSDE().discretize(1000)``).
 PEER_TRAIN_STEPS = 1000
+#: diffusers' placements of the inference timesteps on the chain (``timestep_spacing``): the
+#: peers' grids where a benchmark tries each (``benchmarks/bench_fast_solvers.py``).
+SPACINGS = ("linspace", "leading", "trailing")
 #: How to get the peers (in the note printed when diffusers is absent).
 PIP_EXTRA = "pip install 'sdediff[bench]'  (or pip install diffusers)"
 
@@ -55,16 +59,19 @@ def diffusers_available() -> bool:
     return importlib.util.find_spec("diffusers") is not None
 
 
-def make_scheduler(name: str):
-    """A fresh diffusers scheduler ``name`` on the discrete linear-VP schedule."""
+def make_scheduler(name: str, **overrides):
+    """A fresh diffusers scheduler ``name`` on the discrete linear-VP schedule; ``overrides``:
+    settings beside :data:`PEERS`' (e.g. ``timestep_spacing``, one of :data:`SPACINGS`)."""
     import diffusers
 
     cls_name, options = PEERS[check_choice("peer", name, PEERS)]
+    if "timestep_spacing" in overrides:
+        check_choice("timestep_spacing", overrides["timestep_spacing"], SPACINGS)
     chain = VPSDE().discretize(PEER_TRAIN_STEPS)
     return getattr(diffusers, cls_name)(
         num_train_timesteps=chain.N, beta_start=float(chain.betas[0]),
         beta_end=float(chain.betas[-1]), beta_schedule="linear", prediction_type="epsilon",
-        **options)
+        **{**options, **overrides})
 
 
 def _timesteps(scheduler, steps: int) -> int:
@@ -114,14 +121,14 @@ def _final_s(scheduler) -> float:
     return math.sqrt(max(1 - abar, 0.0) / abar)
 
 
-def run_peer(name: str, steps: int, gmm, x_T: torch.Tensor):
-    """Run a peer from ``x_T`` (a prior draw). Returns the output, NFE, seconds, and where it
-    started and ended in ``(y, s)``: ``(y_start, s_start, s_end, scale)`` with output
-    ``~ scale * y(s_end)``."""
-    scheduler = make_scheduler(name)
+def run_peer(name: str, steps: int, gmm, x_T: torch.Tensor, **overrides):
+    """Run a peer from ``x_T`` (a prior draw), with the settings ``overrides`` of
+    :func:`make_scheduler`. Returns the output, NFE, seconds, and where it started and ended in
+    ``(y, s)``: ``(y_start, s_start, s_end, scale)`` with output ``~ scale * y(s_end)``."""
+    scheduler = make_scheduler(name, **overrides)
     scheduler.set_timesteps(steps)
     model = DiscreteEps(gmm)
-    probe = make_scheduler(name)
+    probe = make_scheduler(name, **overrides)
     probe.set_timesteps(steps)
     ones = torch.ones(1, dtype=torch.float64)
     sigma_space = not torch.allclose(probe.scale_model_input(ones, probe.timesteps[0]).double(), ones)

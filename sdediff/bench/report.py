@@ -1,8 +1,9 @@
 """A sweep's outputs: the rows of :data:`COLUMNS` as CSV, JSON, Markdown tables and plots.
 
-One row per (run, metric): ``problem, sampler, source`` (``sdediff`` or ``diffusers``),
-``options`` (``key=value`` pairs in the CSV), ``budget`` (empty for the adaptive samplers, which
-run at a tolerance), ``steps``, ``nfe`` (counted by the model), ``metric``, ``value``, ``floor``
+One row per (run, metric): ``problem, sampler, source`` (``sdediff``, ``diffusers`` or
+``k-diffusion``), ``options`` (``key=value`` pairs in the CSV; a k-diffusion peer's ``grid``),
+``budget`` (empty for the adaptive samplers, which run at a tolerance), ``steps``, ``nfe``
+(counted by the model), ``metric``, ``value``, ``floor``
 (the same metric for exact or real samples; for ``rms_error``, empty on the mixtures and, on a
 model (:mod:`sdediff.bench.model`), the reference's own error estimate) and ``seconds`` (the
 sampler's wall time per sample). A sweep may name its metrics otherwise in
@@ -13,6 +14,10 @@ settings, machine, load average and notes), ``<problem>.md`` (:func:`markdown_re
 each metric against NFE (log-log, one line per sampler, peers dashed in their sdediff
 counterpart's color, floor dotted) and seconds per sample against NFE; for the digits, a grid of
 samples per sampler. :func:`summary_lines` is the terminal's short version.
+
+A sampler run at one budget in several variants (a k-diffusion peer on each of its grids) is shown
+in the tables and plots at its best variant for that budget and metric (:func:`best_rows`; the
+table names the variant's grid); the CSV and JSON keep every run.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .kdiffusion import KDIFF_PEERS
+from .kdiffusion import SOURCE as KDIFF_SOURCE
 from .peers import PEER_COUNTERPARTS, PEERS
 
 #: Columns of every output row.
@@ -34,6 +41,8 @@ COLUMNS = ("problem", "sampler", "source", "options", "budget", "steps", "nfe", 
 METRIC_LABELS = {"rms_error": "RMS error to the exact PF endpoint",
                  "energy_distance": "energy distance to exact samples",
                  "frechet_distance": "Fréchet distance (classifier features) to held-out digits"}
+#: Lines drawn dashed in the plots: the peers.
+DASHED = (*PEERS, *KDIFF_PEERS)
 
 
 @dataclass
@@ -80,13 +89,13 @@ def write_results(result: BenchResult, out: Path, grids: dict | None = None) -> 
         plot_vs_nfe(series(result.rows, metric), png, ylabel=label,
                     title=f"{result.problem}: {label}",
                     floor=float(np.median(floors)) if floors else None,
-                    dashed=list(PEERS), same_color=PEER_COUNTERPARTS)
+                    dashed=DASHED, same_color=PEER_COUNTERPARTS)
         files.append(png)
     if result.rows:
         png = out / f"{result.problem}_time.png"
         first = metrics_of(result.rows)[-1]
         plot_vs_nfe(series(result.rows, first, "seconds"), png, ylabel="seconds per sample",
-                    title=f"{result.problem}: wall time per sample", dashed=list(PEERS),
+                    title=f"{result.problem}: wall time per sample", dashed=DASHED,
                     same_color=PEER_COUNTERPARTS)
         files.append(png)
     if grids:
@@ -109,12 +118,31 @@ def metrics_of(rows: list[dict]) -> list[str]:
     return [m for m in METRIC_LABELS if any(r["metric"] == m for r in rows)]
 
 
-def series(rows: list[dict], metric: str, key: str = "value") -> dict:
-    """Per sampler: (NFE list, ``key`` list), sorted by NFE."""
-    out: dict = {}
+def best_rows(rows: list[dict], metric: str) -> list[dict]:
+    """The rows of ``metric``, one per (sampler, budget) -- the lowest value among a sampler's
+    variants at that budget (a k-diffusion peer's grids) -- in the order of ``rows``; adaptive
+    rows (no budget) are all kept."""
+    best: dict = {}
     for r in rows:
-        if r["metric"] == metric:
-            out.setdefault(r["sampler"], []).append((r["nfe"], r[key]))
+        if r["metric"] != metric:
+            continue
+        key = (r["sampler"], r["budget"]) if r["budget"] is not None else id(r)
+        if key not in best or r["value"] < best[key]["value"]:
+            best[key] = r
+    return list(best.values())
+
+
+def _variant(row: dict) -> str:
+    """`` [grid]`` for a run on a named grid (the k-diffusion peers), else nothing."""
+    grid = row["options"].get("grid")
+    return f" [{grid}]" if grid is not None else ""
+
+
+def series(rows: list[dict], metric: str, key: str = "value") -> dict:
+    """Per sampler: (NFE list, ``key`` list), sorted by NFE (each budget's best variant)."""
+    out: dict = {}
+    for r in best_rows(rows, metric):
+        out.setdefault(r["sampler"], []).append((r["nfe"], r[key]))
     return {name: tuple(map(list, zip(*sorted(points), strict=True))) for name, points in out.items()}
 
 
@@ -134,13 +162,18 @@ def markdown_report(result: BenchResult) -> str:
              f"{meta['threads']} thread(s) on {meta['machine']}.", ""]
     for line in meta.get("about", ()):
         lines += [line, ""]
+    sources = ["sdediff", "diffusers"] + ([KDIFF_SOURCE] if any(r["source"] == KDIFF_SOURCE
+                                                                 for r in rows) else [])
     for metric in metrics_of(rows):
         mine = [r for r in rows if r["metric"] == metric]
-        fixed = [r for r in mine if r["budget"] is not None]
+        fixed = [r for r in best_rows(rows, metric) if r["budget"] is not None]
         names = list(dict.fromkeys(r["sampler"] for r in fixed))
+        variants = any(_variant(r) for r in fixed)
         lines += [f"### {metric_label(result, metric)}", "",
                   "Cells: value at the budget's NFE; `(n)`: the NFE used when the budget cannot "
-                  "be met exactly; `-`: cannot run within the budget.", "",
+                  "be met exactly; `-`: cannot run within the budget"
+                  + ("; `[grid]`: the k-diffusion grid of the best run at that budget (every grid "
+                     "is in the CSV)." if variants else "."), "",
                   "| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " | floor |",
                   "|---|" + "---|" * (len(budgets) + 1)]
         for name in names:
@@ -151,7 +184,8 @@ def markdown_report(result: BenchResult) -> str:
                     cells.append("-")
                     continue
                 r = hit[0]
-                cells.append(_cell(r["value"]) + ("" if r["nfe"] == b else f" ({r['nfe']})"))
+                cells.append(_cell(r["value"]) + ("" if r["nfe"] == b else f" ({r['nfe']})")
+                             + _variant(r))
             floor = next((r["floor"] for r in fixed if r["sampler"] == name and r["floor"]), None)
             floor = "" if floor is None else _cell(floor)
             lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {floor} |")
@@ -170,19 +204,20 @@ def markdown_report(result: BenchResult) -> str:
                       "`x_T` and the Brownian path (stochastic) give correlated values: each group "
                       "is close to one draw."]
         lines += ["", "Best per budget (lowest value at NFE <= budget):", "",
-                  "| budget | sdediff | diffusers |", "|---|---|---|"]
+                  "| budget | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
         for b in budgets:
             cells = []
-            for source in ("sdediff", "diffusers"):
+            for source in sources:
                 pool = [r for r in mine if r["source"] == source and r["nfe"] <= b
                         and (r["budget"] == b or r["budget"] is None)]
                 best = min(pool, key=lambda r: r["value"], default=None)
                 cells.append("-" if best is None else
-                             f"`{best['sampler']}` {_cell(best['value'])} ({best['nfe']} NFE)")
+                             f"`{best['sampler']}`{_variant(best)} {_cell(best['value'])} "
+                             f"({best['nfe']} NFE)")
             lines.append(f"| {b} | " + " | ".join(cells) + " |")
         lines.append("")
     metric = (metrics_of(rows) or [None])[-1]
-    timed = [r for r in rows if r["metric"] == metric and r["budget"] is not None]
+    timed = [r for r in best_rows(rows, metric) if r["budget"] is not None]
     if timed:
         names = list(dict.fromkeys(r["sampler"] for r in timed))
         lines += ["### Wall time per sample (ms)", "",
@@ -205,11 +240,12 @@ def summary_lines(result: BenchResult) -> list[str]:
         mine = [r for r in result.rows if r["metric"] == metric]
         for b in result.meta["budgets"]:
             parts = []
-            for source in ("sdediff", "diffusers"):
+            for source in ("sdediff", "diffusers", KDIFF_SOURCE):
                 pool = [r for r in mine if r["source"] == source and r["budget"] == b]
                 best = min(pool, key=lambda r: r["value"], default=None)
                 if best is not None:
-                    parts.append(f"{best['sampler']} {best['value']:.2e} ({best['nfe']} NFE)")
+                    parts.append(f"{best['sampler']}{_variant(best)} {best['value']:.2e} "
+                                 f"({best['nfe']} NFE)")
             floor = next((r["floor"] for r in mine if r["floor"]), None)
             if parts:
                 lines.append(f"  {metric} at NFE {b}: best " + "; ".join(parts)

@@ -22,8 +22,13 @@ time per sample):
   clipped to the data range) and the held-out split; ``floor`` is the same distance from ``num``
   training digits to the held-out split (real against real).
 
-The diffusers peers (mixtures, when ``diffusers`` is installed) run beside the sdediff samplers
-from the same ``x_T``, each against its own exact reference: :mod:`sdediff.bench.peers`.
+The peers run on the mixtures beside the sdediff samplers, from the same ``x_T``, each against its
+own exact reference: diffusers' schedulers (when ``diffusers`` is installed,
+:mod:`sdediff.bench.peers`) and k-diffusion's samplers on its own grids (when ``k-diffusion`` is
+installed, :mod:`sdediff.bench.kdiffusion`; they run from ``s(T)`` to ``s(t_end)``, the span of the
+sdediff samplers, so they share their exact reference). ``--samplers`` takes names and the groups
+``all``, ``sdediff``, ``peers`` (both peers' sets), ``diffusers`` and ``kdiff``
+(:func:`resolve_bench_samplers`).
 
 Any model (problem ``model``, ``sdediff bench --checkpoint PATH``) has no exact answer: its
 samplers and peers are measured against a tight probability-flow solution from the same ``x_T``,
@@ -48,9 +53,10 @@ from .. import samplers as registry
 from ..checks import InputValueError, check_choice, check_device, check_float, check_int
 from ..distributed import gather_objects, rank_world, share
 from ..sde import VPSDE
+from . import kdiffusion as kdiffusion_peers  # a module: tests switch k-diffusion off in it
 from . import peers as diffusers_peers  # a module: tests switch diffusers off in it
 from .metrics import energy_distance, rms, two_sample_floor
-from .plan import DEFAULT_NFE, TOLERANCES, Task, parse_list, plan, resolve_samplers
+from .plan import DEFAULT_NFE, GROUPS, TOLERANCES, Task, parse_list, plan
 from .problems import PROBLEMS, exact_pf_endpoint, noisy_sample, pf_flow
 from .report import BenchResult, write_results
 
@@ -68,6 +74,30 @@ DEFAULT_NUM = {"gmm2d": 2000, "gmm64": 2000, "digits": 500}
 #: The digits sweep is small by default: a U-Net on a CPU.
 DIGITS_DEFAULTS = {"samplers": ("ddim", "dpm_solver++", "unipc", "ipndm", "heun",
                                 "euler_maruyama"), "nfe": (10, 20, 50)}
+
+
+#: Groups of ``--samplers`` besides :data:`~sdediff.bench.plan.GROUPS`: each peer's set alone.
+PEER_GROUPS = ("diffusers", "kdiff")
+
+
+def resolve_bench_samplers(spec: str | Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """``--samplers``: names and groups, comma-separated -> (sdediff samplers, diffusers peers,
+    k-diffusion peers). Groups: ``all`` (everything), ``sdediff``, ``peers`` (diffusers' and
+    k-diffusion's), ``diffusers``, ``kdiff``. An unknown name raises, listing the allowed ones."""
+    names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
+    ours_all = registry.available()
+    theirs, kdiff = list(diffusers_peers.PEERS), list(kdiffusion_peers.KDIFF_PEERS)
+    allowed = [*ours_all, *theirs, *kdiff, *PEER_GROUPS, *GROUPS]
+    groups = {"all": ours_all + theirs + kdiff, "sdediff": ours_all, "peers": theirs + kdiff,
+              "diffusers": theirs, "kdiff": kdiff}
+    chosen: dict[str, list[str]] = {"sdediff": [], "diffusers": [], "kdiff": []}
+    for name in names:
+        check_choice("sampler", name, allowed)
+        for n in groups.get(name, [name]):
+            target = chosen["diffusers" if n in theirs else "kdiff" if n in kdiff else "sdediff"]
+            if n not in target:
+                target.append(n)
+    return chosen["sdediff"], chosen["diffusers"], chosen["kdiff"]
 
 
 def _row(problem, task: Task, nfe, metric, value, floor, seconds, steps=None) -> dict:
@@ -129,6 +159,9 @@ def _sweep_mixture(problem, tasks, num, seed, bar, notes) -> list[dict]:
 
     ours_reference = None
     peer_references: dict = {}
+    model = gmm.score_model(sde)
+    ends = torch.tensor([sde.T, T_END], dtype=torch.float64)
+    ours_ends = (*sde.sigma_over_alpha(ends).tolist(), float(sde.alpha(ends[1])))
     rows = []
     for task in tasks:
         bar.set_postfix_str(_label(task))
@@ -148,12 +181,26 @@ def _sweep_mixture(problem, tasks, num, seed, bar, notes) -> list[dict]:
                 scale = float(sde.alpha(torch.tensor(T_END, dtype=torch.float64)))
             else:
                 deterministic = True
-                x, nfe, seconds, (y0, s0, s_end, scale) = diffusers_peers.run_peer(
-                    task.sampler, task.steps, gmm, x_T)
-                key = (float(y0.reshape(-1)[0]), s0, s_end, scale)   # same start, same end
-                if key not in peer_references:
-                    peer_references[key] = scale * pf_flow(gmm, y0[:n_rms], s0, s_end)
-                reference = peer_references[key]
+                if task.source == kdiffusion_peers.SOURCE:
+                    x, nfe, seconds, (y0, s0, s_end, scale) = kdiffusion_peers.run_task(
+                        task, model, x_T, T_END)
+                else:
+                    x, nfe, seconds, (y0, s0, s_end, scale) = diffusers_peers.run_peer(
+                        task.sampler, task.steps, gmm, x_T)
+                if (task.source == kdiffusion_peers.SOURCE
+                        and kdiffusion_peers.same_ends((s0, s_end, scale), ours_ends)):
+                    # from x_T / alpha(T) at s(T) to s(t_end): the sdediff samplers' problem
+                    if ours_reference is None:
+                        ours_reference = exact_pf_endpoint(gmm, sde, x_T[:n_rms], T_END)
+                    reference = ours_reference
+                else:
+                    # same start, same end (to 12 digits: a shift of 1e-12 in s moves the
+                    # reference far less than its own tolerance)
+                    key = (task.source, float(y0.reshape(-1)[0]), f"{s0:.12e}", f"{s_end:.12e}",
+                           f"{scale:.12e}")
+                    if key not in peer_references:
+                        peer_references[key] = scale * pf_flow(gmm, y0[:n_rms], s0, s_end)
+                    reference = peer_references[key]
             _check_finite(x, _label(task))
         except (ValueError, RuntimeError, FloatingPointError, IndexError) as err:
             notes.append(f"{_label(task)}: failed ({str(err).splitlines()[0]})")
@@ -252,8 +299,10 @@ def run_bench(problem: str, samplers: str | Sequence[str] = "all",
               device=None) -> BenchResult:
     """Run the sweep on ``problem`` and (with ``out``) write its files; see the module docstring.
 
-    ``samplers``: ``"all"`` (every registered sampler and, on the mixtures, the diffusers peers),
-    ``"sdediff"``, ``"peers"`` or names, comma-separated. ``nfe``: the budgets (default
+    ``samplers``: ``"all"`` (every registered sampler and, on the mixtures, the diffusers and
+    k-diffusion peers), ``"sdediff"``, ``"peers"``, ``"diffusers"``, ``"kdiff"`` or names,
+    comma-separated (:func:`resolve_bench_samplers`; problem ``model`` runs the diffusers peers
+    only and refuses k-diffusion's by name). ``nfe``: the budgets (default
     :data:`DEFAULT_NFE`; digits: 10, 20, 50). ``num``: samples per run.
 
     ``problem="model"`` benchmarks the model at ``checkpoint`` against its own reference
@@ -272,6 +321,15 @@ def run_bench(problem: str, samplers: str | Sequence[str] = "all",
     check_choice("problem", problem, PROBLEM_NAMES)
     device = None if device is None else check_device(device)
     if problem == MODEL_PROBLEM:
+        ours, peers, kpeers = resolve_bench_samplers(samplers)
+        named = [n.strip() for n in samplers.split(",")] if isinstance(samplers, str) else samplers
+        asked = [n for n in named if n in kdiffusion_peers.KDIFF_PEERS or n == "kdiff"]
+        if asked:
+            raise InputValueError(f"the k-diffusion peers ({', '.join(asked)}) run on the exact "
+                                  f"mixtures only ({', '.join(PROBLEMS)}), not on problem "
+                                  f"{MODEL_PROBLEM!r}")
+        if kpeers:   # a group: the model bench's peers are diffusers'
+            samplers = ours + peers
         return run_model_bench(checkpoint, samplers=samplers, nfe=nfe, tolerances=tolerances,
                                num=num, out=out, seed=seed, progress=progress, command=command,
                                reference_tol=reference_tol, dtype=dtype, device=device)
@@ -284,7 +342,7 @@ def run_bench(problem: str, samplers: str | Sequence[str] = "all",
     for tol in tolerances:
         check_float("tolerance", tol, 0.0, 1.0, low_open=True)
     num = check_int("--num", DEFAULT_NUM[problem] if num is None else num, minimum=2)
-    ours, peers = resolve_samplers(samplers)
+    ours, peers, kpeers = resolve_bench_samplers(samplers)
     notes = []
     if not digits and device is not None and device.type != "cpu":
         notes.append(f"the exact mixtures run on the CPU (closed-form score): --device {device} "
@@ -296,6 +354,13 @@ def run_bench(problem: str, samplers: str | Sequence[str] = "all",
         notes.append(f"diffusers is not installed: the peers ({', '.join(peers)}) are skipped; "
                      f"{diffusers_peers.PIP_EXTRA}")
         peers = []
+    if kpeers and digits:
+        notes.append("k-diffusion peers run on the exact mixtures only: skipped on digits")
+        kpeers = []
+    if kpeers and not kdiffusion_peers.kdiffusion_available():
+        notes.append(f"k-diffusion is not installed: the peers ({', '.join(kpeers)}) are skipped; "
+                     f"{kdiffusion_peers.PIP_KDIFF}")
+        kpeers = []
     if digits:   # a bad checkpoint fails here, before any output or progress bar
         from ..checkpoint import resolve_checkpoint
         from ..pretrained import default_checkpoint
@@ -304,6 +369,10 @@ def run_bench(problem: str, samplers: str | Sequence[str] = "all",
     sde = VPSDE()
     tasks, skipped = plan(ours, peers, budgets, tolerances, sde, T_END, reserve=1 if digits else 0)
     notes += skipped
+    if kpeers:
+        ktasks, skipped = kdiffusion_peers.plan_kdiffusion(kpeers, budgets, tolerances)
+        tasks += ktasks
+        notes += skipped
     meta = {"problem": problem, "num": num, "seed": seed, "budgets": budgets,
             "tolerances": tolerances, "t_end": T_END, "rms_batch": min(RMS_BATCH, num),
             "checkpoint": None if checkpoint is None else str(checkpoint),
@@ -317,6 +386,8 @@ def run_bench(problem: str, samplers: str | Sequence[str] = "all",
         import diffusers
 
         meta["diffusers"] = diffusers.__version__
+    if kpeers:
+        meta["k-diffusion"] = kdiffusion_peers.kdiffusion_version()
     start = time.perf_counter()
     rank, world = rank_world()
     with tqdm(total=len(share(tasks)), desc=f"bench {problem}", dynamic_ncols=True,

@@ -62,7 +62,10 @@ def add_parser(sub) -> None:
                    "against a tight probability-flow reference; the default when only "
                    "--checkpoint is given)")
     p.add_argument("--samplers", default="all", help="all, sdediff, peers (the diffusers "
-                   "schedulers) or comma-separated names (default all; digits: a small set; "
+                   "schedulers and the k-diffusion samplers), diffusers, kdiff (k-diffusion's "
+                   "samplers on each of its grids: kdiff:euler, kdiff:heun, kdiff:dpm_2, kdiff:lms, "
+                   "kdiff:dpmpp_2m, kdiff:dpmpp_3m_sde, kdiff:dpm_fast, kdiff:dpm_adaptive; the "
+                   "mixtures only) or comma-separated names (default all; digits: a small set; "
                    "model: stochastic samplers are skipped)")
     p.add_argument("--nfe", help="comma-separated NFE budgets (default 5,10,20,50,100,200,1000; "
                    "digits: 10,20,50; model: 5,10,20,50)")
@@ -70,7 +73,7 @@ def add_parser(sub) -> None:
 
     adaptive = ", ".join(name for name in available() if get(name).adaptive)
     p.add_argument("--tols", default="1e-2,1e-3,1e-4", help="rtol = atol of the adaptive "
-                   f"samplers ({adaptive})")
+                   f"samplers ({adaptive}, kdiff:dpm_adaptive)")
     p.add_argument("--checkpoint", help="run directory, checkpoint folder or diffusers pipeline "
                    "folder (problems model and digits; default: the bundled digits model)")
     p.add_argument("--ref-tol", type=float, help="problem model: rtol = atol of the reference "
