@@ -257,7 +257,7 @@ def test_named_solver_encodes_in_reverse_and_its_error_falls_with_steps(ring, ri
 def test_solvers_that_cannot_encode_are_refused(ring):
     _, model, x = ring
     with pytest.raises(ValueError, match=r"sampler 'heun' cannot run forward in time \(encoding\); "
-                                         r"allowed: ddim, dpm_solver\+\+, ipndm, ode, unipc"):
+                                         r"allowed: ddim, dpm_solver\+\+, ipndm, lms, ode, unipc"):
         sd.encode(model, x, sampler="heun", steps=4)
     with pytest.raises(ValueError, match=r"sampler 'ddim' is stochastic"):
         sd.decode(model, x, sampler="ddim", eta=0.5)

@@ -82,7 +82,7 @@ def test_solve_checks_its_grid_and_direction(model):
     with pytest.raises(TypeError, match=r"ts must be a 1-D tensor of times, got list"):
         heun.solve(model, x_T(), [1.0, 0.5])
     with pytest.raises(ValueError, match=r"sampler 'heun' cannot run forward in time \(encoding\); "
-                                         r"allowed: ddim, dpm_solver\+\+, ipndm, ode, unipc"):
+                                         r"allowed: ddim, dpm_solver\+\+, ipndm, lms, ode, unipc"):
         heun.solve(model, x_T(), torch.tensor([0.01, 1.0], dtype=torch.float64))
     with pytest.raises(ValueError, match=r"sampler 'euler_maruyama' is stochastic"):
         sd.samplers.get("euler_maruyama").solve(model, x_T(), torch.tensor([0.01, 1.0]))
