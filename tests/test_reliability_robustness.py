@@ -127,12 +127,17 @@ def test_bfloat16_autocast_sampling_on_cpu(tmp_path):
     for name in NAMES:
         kw = {"x_T": extreme_latents(torch.float32), "sampler": name, "steps": steps_for(name),
               "generator": torch.Generator().manual_seed(2)}
-        if name in ("ode", "dpm_adaptive"):  # error control at bfloat16's own precision
+        if sd.samplers.get(name).adaptive:  # error control at bfloat16's own precision
             kw |= {"rtol": 1e-2, "atol": 1e-2}
         x = sd.sample(model_bf16, **kw)
         kw["generator"] = torch.Generator().manual_seed(2)
         ref = sd.sample(model_f32, **kw)
         assert x.dtype == torch.float32 and bool(torch.isfinite(x).all()), name
+        sampler = sd.samplers.get(name)
+        if sampler.adaptive and sampler.stochastic:
+            # bfloat16 rounding moves the error estimate, hence the accepted steps; on the same
+            # Brownian path other steps give another sample (strong order 1/2), not a rounded one
+            continue
         assert float((x - ref).abs().max()) < 0.5, name  # same samples up to bfloat16 rounding
     assert seen and set(seen) == {torch.bfloat16}
 
