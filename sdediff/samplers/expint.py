@@ -64,6 +64,18 @@ def moments(h: float, p: int) -> list[float]:
     return [math.factorial(k) * h * phi(k + 1, -h) for k in range(p)]
 
 
+def noise_moments(h: float, p: int) -> list[float]:
+    """Moments of the noise-prediction integral, ``k = 0 .. p - 1``:
+    ``g_k = int_0^h e^{h - tau} (tau/h)^k dtau = k! h phi_{k+1}(h)`` (``g_0 = e^h - 1``).
+
+    In the noise-prediction form (Lu et al. 2022, "DPM-Solver", sec. 3.1) the probability-flow
+    ODE's exact solution from ``s`` to ``t`` (``h = lambda_t - lambda_s > 0``) is
+    ``x_t = (alpha_t/alpha_s) x_s - sigma_t int_0^h e^{h - tau} eps(tau) dtau``; a multistep
+    method's weights on ``eps_j`` at the nodes ``r_j`` solve the moment equations of
+    :func:`weights_from_moments` with these ``g`` (the counterpart of :func:`moments`)."""
+    return [math.factorial(k) * h * phi(k + 1, h) for k in range(p)]
+
+
 def weights_from_moments(r, g) -> list[float]:
     """Weights ``w`` with ``sum_j r_j^k w_j = g_k`` (``k < len(r)``), solved in float64.
 
