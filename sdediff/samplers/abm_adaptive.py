@@ -74,7 +74,7 @@ NFE: one call at ``T``, then one per attempted step; the count is measured (``nf
 ``order`` (the predictor's and the corrector's; the first steps use fewer nodes). ``x``:
 ``(B, ...)``, any event shape and dtype; coefficients are float64 Python numbers. Every process of
 ``sde.py`` works (``alpha_sigma``, ``log_snr``, ``t_of_log_snr`` only). Tolerances below
-:data:`TOLERANCE_EPS` machine epsilons of the sample dtype raise ``ValueError``; a step that
+``base.TOLERANCE_EPS`` (10) machine epsilons of the sample dtype raise ``ValueError``; a step that
 collapses, or a non-finite error estimate, raises :class:`~sdediff.checks.NumericalError`.
 """
 
@@ -84,9 +84,9 @@ import math
 
 import torch
 
-from ..checks import InputTypeError, InputValueError, NumericalError, check_float, check_int
+from ..checks import InputTypeError, NumericalError, check_float, check_int
 from . import register
-from .base import Sampler
+from .base import Sampler, check_resolvable, check_tolerances
 from .expint import moments, noise_moments, weights_from_moments
 
 #: Error ratio the step control aims at (the step is rejected above 1).
@@ -103,8 +103,6 @@ RTOL, ATOL = 0.05, 0.0078
 SWITCH_LOG_SNR = 0.0
 #: A step below this fraction of the whole lambda span is a breakdown, not a step.
 H_MIN_FRACTION = 1e-9
-#: The larger tolerance must be at least this many machine epsilons of the sample dtype.
-TOLERANCE_EPS = 10
 #: Floor of the error ratio, so that an exact step (E = 0) still gives a finite factor.
 E_FLOOR = 1e-12
 
@@ -131,10 +129,7 @@ class ABMAdaptive(Sampler):
 
     def check_options(self):
         check_int("order", self.options["order"], minimum=1, maximum=4)
-        check_float("rtol", self.options["rtol"], 0.0, None)
-        check_float("atol", self.options["atol"], 0.0, None)
-        if self.options["rtol"] == 0.0 and self.options["atol"] == 0.0:
-            raise InputValueError("rtol and atol cannot both be 0: the error ratio would be infinite")
+        check_tolerances(self.options)
         check_float("h_init", self.options["h_init"], 0.0, None, low_open=True)
         switch = self.options["switch_log_snr"]
         if switch is not None:
@@ -150,11 +145,7 @@ class ABMAdaptive(Sampler):
         sde = model.sde
         order, rtol, atol = self.order, self.options["rtol"], self.options["atol"]
         switch = self.options["switch_log_snr"]
-        resolution = TOLERANCE_EPS * torch.finfo(x.dtype).eps
-        if max(rtol, atol) < resolution:
-            raise InputValueError(
-                f"abm_adaptive: rtol = {rtol:g}, atol = {atol:g} are below what {x.dtype} resolves "
-                f"({TOLERANCE_EPS} eps = {resolution:.3g}); loosen them or sample in float64")
+        check_resolvable("abm_adaptive", rtol, atol, x.dtype)
 
         def lam_of(t):
             return float(sde.log_snr(torch.tensor(t, dtype=torch.float64)))

@@ -64,7 +64,7 @@ estimate is no worse). Constants (module-level, with sources): ``theta = 0.9`` (
 one 8-bit level; ``0.0039`` for ``[0, 1]``).
 
 Shapes: ``x`` is ``(B, ...)``, any event shape; times and coefficients are float64 Python numbers
-on the host, the state keeps its dtype. Tolerances below :data:`TOLERANCE_EPS` machine epsilons of
+on the host, the state keeps its dtype. Tolerances below ``base.TOLERANCE_EPS`` (10) machine epsilons of
 the sample dtype raise ``ValueError``; a step size that collapses below :data:`H_MIN` raises
 :class:`~sdediff.checks.NumericalError`.
 """
@@ -75,9 +75,9 @@ import math
 
 import torch
 
-from ..checks import InputValueError, NumericalError, check_choice, check_float, coefficient_dtype
+from ..checks import NumericalError, check_choice, check_float, coefficient_dtype
 from . import register
-from .base import Sampler
+from .base import Sampler, check_resolvable, check_tolerances
 from .noise import BROWNIAN_TOL
 
 #: Step-size safety factor theta (Jolicoeur-Martineau et al. 2021, Algorithm 1; code ``safety=0.9``).
@@ -93,9 +93,6 @@ BATCH_ERRORS = ("rms", "max")
 #: The smallest step: below 100 Brownian resolutions (1e-6) an increment's variance is off by
 #: more than 1% (:mod:`sdediff.samplers.noise`), and the solve is breaking down, not stepping.
 H_MIN = 100 * BROWNIAN_TOL
-#: The larger tolerance must be at least this many machine epsilons of the sample dtype: below
-#: it, ``x'' - x'`` is rounding noise and the steps never settle (as ``dpm_adaptive``).
-TOLERANCE_EPS = 10
 #: Floor of the error ratio E, so that an exact step (E = 0) still gives a finite next step.
 E_FLOOR = 1e-12
 
@@ -111,10 +108,7 @@ class AdaptiveSDE(Sampler):
                 "batch_error": "rms"}
 
     def check_options(self):
-        check_float("rtol", self.options["rtol"], 0.0, None)
-        check_float("atol", self.options["atol"], 0.0, None)
-        if self.options["rtol"] == 0.0 and self.options["atol"] == 0.0:
-            raise InputValueError("rtol and atol cannot both be 0: the error ratio would be infinite")
+        check_tolerances(self.options)
         check_float("h_init", self.options["h_init"], 0.0, None, low_open=True)
         check_float("exponent", self.options["exponent"], 0.0, None, low_open=True)
         check_choice("batch_error", self.options["batch_error"], BATCH_ERRORS)
@@ -126,11 +120,7 @@ class AdaptiveSDE(Sampler):
         sde = model.sde
         rtol, atol = self.options["rtol"], self.options["atol"]
         r, worst = self.options["exponent"], self.options["batch_error"] == "max"
-        resolution = TOLERANCE_EPS * torch.finfo(x.dtype).eps
-        if max(rtol, atol) < resolution:
-            raise InputValueError(
-                f"adaptive_sde: rtol = {rtol:g}, atol = {atol:g} are below what {x.dtype} resolves "
-                f"({TOLERANCE_EPS} eps = {resolution:.3g}); loosen them or sample in float64")
+        check_resolvable("adaptive_sde", rtol, atol, x.dtype)
         t_end = float(ts[-1])
         time_dtype = coefficient_dtype(x.device)
 

@@ -63,6 +63,27 @@ from .noise import BrownianNoise, brownian
 
 #: Where generation stops when ``t_end`` is not given (design: sampling ends at ``1e-3``).
 T_END = 1e-3
+#: An error-controlled sampler's larger tolerance must be at least this many machine epsilons of
+#: the sample dtype: below it, the embedded error estimate is rounding noise (float32: 10 eps =
+#: 1.2e-6) and the steps never settle.
+TOLERANCE_EPS = 10
+
+
+def check_tolerances(options: dict) -> None:
+    """``options["rtol"]`` and ``["atol"]`` of an error-controlled sampler: each ``>= 0``, not both 0."""
+    check_float("rtol", options["rtol"], 0.0, None)
+    check_float("atol", options["atol"], 0.0, None)
+    if options["rtol"] == 0.0 and options["atol"] == 0.0:
+        raise InputValueError("rtol and atol cannot both be 0: the error ratio would be infinite")
+
+
+def check_resolvable(name: str, rtol: float, atol: float, dtype: torch.dtype) -> None:
+    """Refuse tolerances the sample ``dtype`` cannot resolve (:data:`TOLERANCE_EPS`)."""
+    resolution = TOLERANCE_EPS * torch.finfo(dtype).eps
+    if max(rtol, atol) < resolution:
+        raise InputValueError(
+            f"{name}: rtol = {rtol:g}, atol = {atol:g} are below what {dtype} resolves "
+            f"({TOLERANCE_EPS} eps = {resolution:.3g}); loosen them or sample in float64")
 
 
 @dataclass

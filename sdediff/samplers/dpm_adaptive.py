@@ -56,7 +56,7 @@ process works: only ``sde.alpha_sigma``, ``sde.log_snr`` and ``sde.t_of_log_snr`
 
 Shapes: ``x`` is ``(B, ...)``, any event shape; coefficients are float64 Python numbers, the state
 keeps its dtype. Steps are internal: the sampler refuses ``steps``, ``nfe(steps)`` is ``None`` (the count is
-measured) and ``result.times`` is ``[T, t_end]``. Tolerances below :data:`TOLERANCE_EPS` machine
+measured) and ``result.times`` is ``[T, t_end]``. Tolerances below ``base.TOLERANCE_EPS`` (10) machine
 epsilons of the sample dtype raise ``ValueError``; a step size that still collapses raises
 :class:`~sdediff.checks.NumericalError`.
 """
@@ -67,9 +67,9 @@ import math
 
 import torch
 
-from ..checks import InputValueError, NumericalError, check_float, check_int
+from ..checks import NumericalError, check_float, check_int
 from . import register
-from .base import Sampler
+from .base import Sampler, check_resolvable, check_tolerances
 from .expint import moments
 
 #: Step-size safety factor theta (Lu et al. 2022, Algorithm 4; dpm-solver ``theta=0.9``).
@@ -83,9 +83,6 @@ RTOL, ATOL = 0.05, 0.0078
 STAGES = {2: (1 / 2,), 3: (1 / 3, 2 / 3)}
 #: A step below this fraction of the whole lambda span is a breakdown, not a step.
 H_MIN_FRACTION = 1e-9
-#: The larger tolerance must be at least this many machine epsilons of the sample dtype: below
-#: it, ``x_H - x_L`` is rounding noise (float32: 10 eps = 1.2e-6) and the steps never settle.
-TOLERANCE_EPS = 10
 #: Floor of the error ratio E, so that an exact step (E = 0) still gives a finite next step.
 E_FLOOR = 1e-12
 
@@ -104,10 +101,7 @@ class DPMSolverAdaptive(Sampler):
 
     def check_options(self):
         check_int("order", self.options["order"], minimum=2, maximum=3)
-        check_float("rtol", self.options["rtol"], 0.0, None)
-        check_float("atol", self.options["atol"], 0.0, None)
-        if self.options["rtol"] == 0.0 and self.options["atol"] == 0.0:
-            raise InputValueError("rtol and atol cannot both be 0: the error ratio would be infinite")
+        check_tolerances(self.options)
         check_float("h_init", self.options["h_init"], 0.0, None, low_open=True)
 
     def nfe(self, steps):
@@ -117,11 +111,7 @@ class DPMSolverAdaptive(Sampler):
         sde = model.sde
         order, rtol, atol = self.order, self.options["rtol"], self.options["atol"]
         r = STAGES[order]
-        resolution = TOLERANCE_EPS * torch.finfo(x.dtype).eps
-        if max(rtol, atol) < resolution:
-            raise InputValueError(
-                f"dpm_adaptive: rtol = {rtol:g}, atol = {atol:g} are below what {x.dtype} resolves "
-                f"({TOLERANCE_EPS} eps = {resolution:.3g}); loosen them or sample in float64")
+        check_resolvable("dpm_adaptive", rtol, atol, x.dtype)
         t_end = float(ts[-1])
         lam_end = float(sde.log_snr(ts[-1]))
 
