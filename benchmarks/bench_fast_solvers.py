@@ -1,5 +1,6 @@
-"""Issue 4's target table: fast deterministic solvers at 10 and 20 network calls, and the adaptive
-solver's calls to reach an error of 1e-3, on two exact Gaussian mixtures.
+"""Fast deterministic solvers against diffusers and k-diffusion at 5, 10 and 20 network calls (default
+options only, and with fitted grids), and the adaptive solvers' calls to reach an error of 1e-3, on
+two exact Gaussian mixtures.
 
 Problems (VP linear process; :mod:`sdediff.bench.problems`, shared with the tests and
 ``sdediff bench``):
@@ -17,22 +18,22 @@ probability-flow endpoint ``x*`` by scipy (:func:`sdediff.bench.problems.exact_p
 :meth:`Sampler.steps_within <sdediff.samplers.base.Sampler.steps_within>` (the most steps whose
 exact cost fits).
 
-- **Baseline**: the best error of ``dpm_solver++`` orders 2 and 3 (sdediff's exact third order and
-  the reference code's 3M, ``reference_3m=True``) on the ``uniform``, ``logsnr`` and ``karras``
-  grids, at NFE 10 and 20.
-- **Ours**: the best of every sdediff solver configuration on every named grid and on grids
-  fitted by :func:`sdediff.samplers.fitted.fit_grid` to an independent **pilot** batch (prior
-  draws with seed 1234: 256 for gmm2d, 512 for gmm64, see :data:`PILOT`; its reference is the
-  ``ode`` sampler at rtol = atol = 1e-7, never the scipy reference). Reported twice: the best
-  on the evaluation batch, and the configuration **chosen on the pilot** (lowest pilot error),
-  which uses nothing of the evaluation batch.
-  Heun's ``2N - 1`` calls cannot make 10 or 20: it enters at 9 and 19.
+- **Defaults only**: ``ddim``, ``heun``, ``dpm_solver++``, ``unipc``, ``ipndm`` and ``lms``
+  (:data:`DEFAULT_SOLVERS`) each with its registered default options and grid (chosen by
+  ``benchmarks/bench_defaults.py``), at 5, 10 and 20 NFE; the best of them against the best of each
+  peer (below). Goal: ratio <= 0.5 at 10 and 20 NFE.
+- **Fitted grids**: every sdediff solver configuration (:data:`CONFIGS`) on every named grid and on
+  grids fitted by :func:`sdediff.samplers.fitted.fit_grid` to an independent **pilot** batch
+  (prior draws with seed 1234: 256 for gmm2d, 512 for gmm64, see :data:`PILOT`; its reference is
+  the ``ode`` sampler at rtol = atol = 1e-7, never the scipy reference). The configuration
+  **chosen on the pilot** (lowest pilot error, nothing of the evaluation batch) against the peers;
+  the best on the evaluation batch beside it. Heun's ``2N - 1`` calls cannot make 10 or 20: it
+  enters at 9 and 19.
 - **Adaptive**: ``rtol = atol = tol`` swept over ``10^(-k/8)``; the NFE of the loosest ``tol``
-  whose error is at most 1e-3, for ``dpm_adaptive``, for ``ode`` (torchdiffeq dopri5) and for
+  whose error is at most 1e-3, for ``abm_adaptive``, ``dpm_adaptive``, ``ode`` (torchdiffeq dopri5) and for
   k-diffusion's ``sample_dpm_adaptive`` (``kdiff:dpm_adaptive``, order 3, from the same ``x_T``
   to the same end, so against the same reference).
-- **Peers** at 5, 10 and 20 NFE (:data:`PEER_NFES`), each at its best scheduler and grid, beside
-  sdediff's best (the named grids at every budget, the fitted ones at 10 and 20):
+- **Peers** at 5, 10 and 20 NFE (:data:`PEER_NFES`), each at its best scheduler and grid:
 
   - diffusers (:mod:`sdediff.bench.peers`): every scheduler of ``PEERS`` with
     ``timestep_spacing`` ``linspace`` and ``trailing`` (the placements that start at the top of
@@ -50,10 +51,10 @@ exact cost fits).
     python benchmarks/bench_fast_solvers.py [--iterations 400] [--quick] [--problems gmm2d]
                                             [--out DIR]
 
-Prints the target table, the peers table, the full tables (solver x grid x NFE) and the pilot
-costs; writes ``fast_solvers.json`` and ``.md`` to ``benchmarks/results/`` (``--out``; with
-``--quick``, a fresh temporary folder unless ``--out`` is given: a quick run never overwrites the
-committed results).
+Prints the defaults-only table, the fitted-grids table, the adaptive table, the pilot costs and
+the full tables (solver x grid x NFE, and every peer); writes ``fast_solvers.json`` and ``.md``
+to ``benchmarks/results/`` (``--out``; with ``--quick``, a fresh temporary folder unless ``--out``
+is given: a quick run never overwrites the committed results).
 """
 
 from __future__ import annotations
@@ -85,7 +86,6 @@ PEER_NFES = (5, 10, 20)
 #: diffusers' timestep placements tried (see the module docstring for ``leading``).
 DIFFUSERS_SPACINGS = ("linspace", "trailing")
 NAMED_GRIDS = ("uniform", "logsnr", "karras", "quadratic", "edm")
-BASELINE_GRIDS = ("uniform", "logsnr", "karras")
 #: (sampler, options): every fixed-step deterministic configuration in the table.
 CONFIGS = [
     ("dpm_solver++", {"order": 2}),
@@ -97,9 +97,15 @@ CONFIGS = [
     ("unipc", {"order": 3, "variant": "bh2"}),
     ("ipndm", {"order": 3}),
     ("ipndm", {"order": 4}),
+    ("lms", {"order": 3}),
+    ("lms", {"order": 4}),
     ("heun", {}),
 ]
-BASELINE = [(name, options) for name, options in CONFIGS if name == "dpm_solver++"]
+#: The fixed-step deterministic samplers whose registered defaults (options and grid, chosen by
+#: ``benchmarks/bench_defaults.py``) make the defaults-only table.
+DEFAULT_SOLVERS = ("ddim", "heun", "dpm_solver++", "unipc", "ipndm", "lms")
+#: sdediff's adaptive solvers in the adaptive table (the rest are the baselines).
+OUR_ADAPTIVE = ("abm_adaptive", "dpm_adaptive order=3", "dpm_adaptive order=2")
 #: Configurations whose grid is also fitted on the pilot (the baseline solver, and the strongest
 #: solvers of the named-grid table).
 FITTED = [
@@ -246,102 +252,130 @@ def bench_problem(key: str, iterations: int, fitted_configs) -> dict:
                   f"{fitted.pilot_error['fitted']:.3e}), pilot cost {fitted.pilot_nfe} calls, "
                   f"{seconds:.0f} s", flush=True)
 
-    targets = []
-    for nfe in NFES:
-        here = [r for r in rows if r["budget"] == nfe]
-        baseline = min((r for r in here if r["sampler"] == "dpm_solver++"
-                        and r["grid"] in BASELINE_GRIDS
-                        and any(r["options"] == o for _, o in BASELINE)),
-                       key=lambda r: r["error"])
-        ours = min(here, key=lambda r: r["error"])
-        chosen = min(here, key=lambda r: r["pilot_error"])
-        targets.append({
-            "problem": key, "nfe": nfe,
-            "baseline": {k: baseline[k] for k in ("solver", "grid", "error")},
-            "ours": {k: ours[k] for k in ("solver", "grid", "error", "nfe", "pilot_nfe")},
-            "ratio": ours["error"] / baseline["error"],
-            "pilot_chosen": {k: chosen[k] for k in ("solver", "grid", "error", "nfe",
-                                                    "pilot_nfe")},
-            "pilot_chosen_ratio": chosen["error"] / baseline["error"],
-        })
-
     ends_t = torch.tensor([sde.T, T_END], dtype=torch.float64)
     ends = (*sde.sigma_over_alpha(ends_t).tolist(), float(sde.alpha(ends_t[1])))
     notes: list[str] = []
     start = time.perf_counter()
     peer_rows = peer_runs(gmm, model, x_T, reference, ends, notes)
     print(f"[{key}] peers: {len(peer_rows)} runs, {time.perf_counter() - start:.0f} s", flush=True)
-    peer_targets = []
+    defaults = []
     for nfe in PEER_NFES:
-        entry = {"problem": key, "nfe": nfe}
-        ours = min((r for r in rows if r["budget"] == nfe), key=lambda r: r["error"])
-        entry["sdediff"] = {k: ours[k] for k in ("solver", "grid", "error", "nfe")}
+        for name in DEFAULT_SOLVERS:
+            sampler = sd.samplers.get(name)
+            steps, used = sampler.steps_within(nfe, sde, T_END)
+            x, counted = run_fixed(model, x_T, name, {}, steps, sampler.options["schedule"])
+            defaults.append({"budget": nfe, "nfe": counted, "solver": name,
+                             "grid": sampler.options["schedule"], "error": rms(x, reference)})
+    targets = {"defaults": [], "fitted": []}
+    for nfe in PEER_NFES:
+        peer_best = {}
         for peer in ("diffusers", "k-diffusion"):
             pool = [r for r in peer_rows if r["peer"] == peer and r["budget"] == nfe]
             best = min(pool, key=lambda r: r["error"], default=None)
-            entry[peer] = None if best is None else {k: best[k] for k in ("solver", "grid",
-                                                                           "error", "nfe")}
-        peer_targets.append(entry)
+            peer_best[peer] = None if best is None else {k: best[k] for k in (
+                "solver", "grid", "error", "nfe")}
+        best_peer = min((v["error"] for v in peer_best.values() if v), default=None)
+        ours = min((r for r in defaults if r["budget"] == nfe), key=lambda r: r["error"])
+        targets["defaults"].append(
+            {"problem": key, "nfe": nfe, **peer_best,
+             "sdediff": {k: ours[k] for k in ("solver", "grid", "error", "nfe")},
+             "ratio": None if best_peer is None else ours["error"] / best_peer})
+        if nfe not in NFES:
+            continue
+        here = [r for r in rows if r["budget"] == nfe]
+        chosen = min(here, key=lambda r: r["pilot_error"])
+        best = min(here, key=lambda r: r["error"])
+        targets["fitted"].append(
+            {"problem": key, "nfe": nfe, **peer_best,
+             "sdediff": {k: chosen[k] for k in ("solver", "grid", "error", "nfe", "pilot_nfe")},
+             "best": {k: best[k] for k in ("solver", "grid", "error", "nfe")},
+             "ratio": None if best_peer is None else chosen["error"] / best_peer})
 
     adaptive = {
+        "abm_adaptive": nfe_to_target(model, x_T, reference, "abm_adaptive"),
         "dpm_adaptive order=3": nfe_to_target(model, x_T, reference, "dpm_adaptive", order=3),
         "dpm_adaptive order=2": nfe_to_target(model, x_T, reference, "dpm_adaptive", order=2),
         "ode dopri5": nfe_to_target(model, x_T, reference, "ode", method="dopri5"),
     }
     if kdiffusion.kdiffusion_available():
         adaptive["kdiff:dpm_adaptive"] = kdiff_nfe_to_target(gmm, model, x_T, reference, ends)
-    best = min((v["nfe"] for k, v in adaptive.items() if k.startswith("dpm") and v["nfe"]),
+    ours = min((v["nfe"] for k, v in adaptive.items() if k in OUR_ADAPTIVE and v["nfe"]),
                default=None)
-    ode_nfe = adaptive["ode dopri5"]["nfe"]
-    adaptive_ratio = best / ode_nfe if best and ode_nfe else None
+    theirs = min((v["nfe"] for k, v in adaptive.items() if k not in OUR_ADAPTIVE and v["nfe"]),
+                 default=None)
+    adaptive_ratio = ours / theirs if ours and theirs else None
     return {"problem": key, "dim": dim, "components": gmm.means.shape[0],
-            "pilot_reference_nfe": pilot_reference_nfe, "rows": rows, "targets": targets,
-            "adaptive": adaptive, "adaptive_ratio": adaptive_ratio, "peer_rows": peer_rows,
-            "peer_targets": peer_targets, "notes": notes}
+            "pilot_reference_nfe": pilot_reference_nfe, "rows": rows, "defaults": defaults,
+            "targets": targets, "adaptive": adaptive, "adaptive_ratio": adaptive_ratio,
+            "peer_rows": peer_rows, "notes": notes}
 
 
 def fmt(v) -> str:
     return "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
 
 
+def _cell(best) -> str:
+    if best is None:
+        return "- | -"
+    return f"{best['solver']}, {best['grid']} (NFE {best['nfe']}) | {best['error']:.3e}"
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"**{value:.2f}**"
+
+
 def markdown(results: list[dict], meta: dict) -> str:
-    lines = ["# Fast solvers: issue 4's target table", "",
+    lines = ["# Fast solvers: sdediff against diffusers and k-diffusion", "",
              f"`python benchmarks/bench_fast_solvers.py{' --quick' if meta['quick'] else ''}` "
              f"({meta['seconds']:.0f} s wall, "
-             f"{meta['cpu_seconds']:.0f} s CPU, {meta['machine']}, torch {meta['torch']}, fit "
-             f"budget {meta['iterations']} runs). "
+             f"{meta['cpu_seconds']:.0f} s CPU, {meta['machine']}, torch {meta['torch']}, "
+             f"diffusers {meta.get('diffusers', '-')}, k-diffusion {meta.get('k-diffusion', '-')}, "
+             f"fit budget {meta['iterations']} runs). "
              "RMS error to the exact probability-flow endpoint at `t_end = 1e-3`, "
-             "`denoise=False`, 256 samples; goal ratio <= 0.5.", "",
-             "| problem | NFE | baseline (dpm_solver++) | error | ours (best) | error | ratio "
-             "| chosen on pilot | error | ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "`denoise=False`, 256 samples. Peers: each at its best scheduler or sampler and grid "
+             "(diffusers: every scheduler with `timestep_spacing` linspace and trailing, against "
+             "its own exact reference; k-diffusion: every deterministic sampler on each of its "
+             "grid constructors). Goal: ratio <= 0.5 at 10 and 20 NFE.", "",
+             "## Default options only", "",
+             "sdediff: the best of " + ", ".join(f"`{n}`" for n in DEFAULT_SOLVERS)
+             + ", each with its registered default options and grid.", "",
+             "| problem | NFE | sdediff (best default) | error | diffusers (best) | error | "
+             "k-diffusion (best) | error | ratio to the best peer |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for res in results:
-        for t in res["targets"]:
-            b, o, c = t["baseline"], t["ours"], t["pilot_chosen"]
-            lines.append(f"| {t['problem']} | {t['nfe']} | {b['solver']}, {b['grid']} | "
-                         f"{b['error']:.3e} | {o['solver']}, {o['grid']} (NFE {o['nfe']}) | "
-                         f"{o['error']:.3e} | **{t['ratio']:.2f}** | {c['solver']}, {c['grid']} | "
-                         f"{c['error']:.3e} | {t['pilot_chosen_ratio']:.2f} |")
-    lines += ["", "Peers: the best configuration of each at 5, 10 and 20 NFE (diffusers: scheduler "
-              "and `timestep_spacing`, against its own exact reference; k-diffusion: sampler and "
-              "grid constructor, against the same reference as sdediff; sdediff: every solver "
-              "on every named grid, fitted grids at 10 and 20).", "",
-              "| problem | NFE | sdediff (best) | error | diffusers (best) | error | "
-              "k-diffusion (best) | error |", "|---|---|---|---|---|---|---|---|"]
-
-    def cell(best):
-        if best is None:
-            return "- | -"
-        return f"{best['solver']}, {best['grid']} (NFE {best['nfe']}) | {best['error']:.3e}"
-
+        for t in res["targets"]["defaults"]:
+            lines.append(f"| {t['problem']} | {t['nfe']} | {_cell(t['sdediff'])} | "
+                         f"{_cell(t['diffusers'])} | {_cell(t['k-diffusion'])} | "
+                         f"{_ratio(t['ratio'])} |")
+    lines += ["", "Every default (error at each budget):", "",
+              "| problem | sampler | grid | " + " | ".join(f"NFE {b}" for b in PEER_NFES) + " |",
+              "|---|---|---|" + "---|" * len(PEER_NFES)]
     for res in results:
-        for t in res["peer_targets"]:
-            lines.append(f"| {t['problem']} | {t['nfe']} | {cell(t['sdediff'])} | "
-                         f"{cell(t['diffusers'])} | {cell(t['k-diffusion'])} |")
+        for name in DEFAULT_SOLVERS:
+            mine = {r["budget"]: r for r in res["defaults"] if r["solver"] == name}
+            lines.append(f"| {res['problem']} | `{name}` | {mine[PEER_NFES[0]]['grid']} | "
+                         + " | ".join(f"{mine[b]['error']:.3e}"
+                                      + ("" if mine[b]["nfe"] == b else f" ({mine[b]['nfe']})")
+                                      for b in PEER_NFES) + " |")
+    lines += ["", "## Fitted grids", "",
+              "sdediff: the configuration chosen by its error on an independent pilot batch "
+              "(nothing of the evaluation batch), over every solver configuration on every named "
+              "grid and on the grids fitted to the pilot; in brackets the best on the evaluation "
+              "batch.", "",
+              "| problem | NFE | sdediff (chosen on the pilot) | error | diffusers (best) | error | "
+              "k-diffusion (best) | error | ratio to the best peer | (best on the batch) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        for t in res["targets"]["fitted"]:
+            b = t["best"]
+            lines.append(f"| {t['problem']} | {t['nfe']} | {_cell(t['sdediff'])} | "
+                         f"{_cell(t['diffusers'])} | {_cell(t['k-diffusion'])} | "
+                         f"{_ratio(t['ratio'])} | {b['solver']}, {b['grid']}: "
+                         f"{b['error']:.3e} |")
     names = list(dict.fromkeys(k for res in results for k in res["adaptive"]))
-    lines += ["", "Adaptive: calls to reach RMS error <= 1e-3 (loosest `rtol = atol` of the "
-              "sweep `10^(-k/8)`; goal ratio <= 0.5: sdediff's best `dpm_adaptive` over "
-              "`ode`).", "",
+    lines += ["", "## Adaptive", "", "Calls to reach RMS error <= 1e-3 (loosest `rtol = atol` of the "
+              "sweep `10^(-k/8)`); ratio: sdediff's best over the best of dopri5 and "
+              "k-diffusion (goal <= 0.5).", "",
               "| problem | " + " | ".join(names) + " | ratio |", "|---|" + "---|" * (len(names) + 1)]
     for res in results:
         a = res["adaptive"]

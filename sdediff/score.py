@@ -214,6 +214,16 @@ class ScoreModel:
                 return tensor.device
         return None
 
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The floating dtype of the network's weights (its first floating parameter or buffer):
+        the dtype its inputs must have; ``None`` for a plain function (any dtype)."""
+        if isinstance(self.net, torch.nn.Module):
+            for tensor in itertools.chain(self.net.parameters(), self.net.buffers()):
+                if tensor.is_floating_point():
+                    return tensor.dtype
+        return None
+
     def predict(self, x: torch.Tensor, t, kind: str) -> torch.Tensor:
         """One network call, converted to ``kind``.
 

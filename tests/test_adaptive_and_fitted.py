@@ -257,3 +257,28 @@ def test_fitted_grid_beats_every_named_grid_in_64d():
         named = rms(sd.sample(model, x_T=x_T, sampler=FAST_SOLVER, steps=20, schedule=name,
                               denoise=False), reference)
         assert ours < named, name
+
+
+def test_fit_grid_on_a_float32_network_draws_its_pilot_in_the_networks_dtype():
+    """A pilot drawn from ``shape`` is in the network's dtype (a float64 draw made the digits U-Net
+    fail with 'Input type (double) and bias type (float) should be the same')."""
+    sde = sd.VPSDE()
+    gmm = ring_mixture()
+    net = torch.nn.Linear(2, 2)          # float32 weights; the score comes from the mixture
+
+    class Exact(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x, t):
+            assert x.dtype == torch.float32, x.dtype
+            return -gmm.score(x.double(), t.double(), sde).float() * sde.sigma(t.double()).float()[
+                :, None] * self.scale
+
+    model = sd.ScoreModel(Exact(), sde, prediction="eps")
+    assert model.dtype == torch.float32 and sd.ScoreModel(net, sde).dtype == torch.float32
+    assert gmm.score_model(sde).dtype is None
+    grid = fit_grid(model, "ipndm", nfe=6, shape=(16, 2), generator=torch.Generator().manual_seed(0),
+                    iterations=30, init="logsnr")
+    assert grid.times.dtype == torch.float64 and grid.pilot_error["fitted"] < grid.pilot_error["init"]

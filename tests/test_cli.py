@@ -69,7 +69,7 @@ def test_sample_writes_image_grid(capsys, digits_run, tmp_path):
 def test_sample_errors_are_one_line(capsys, digits_run, tmp_path):
     fails_with(capsys, ["sample", "--checkpoint", str(digits_run), "--sampler", "dpm"],
                r"unknown sampler 'dpm'; allowed: ")
-    fails_with(capsys, ["sample", "--checkpoint", str(digits_run), "-o", "eta=2"],
+    fails_with(capsys, ["sample", "--checkpoint", str(digits_run), "--sampler", "ddim", "-o", "eta=2"],
                r"eta must be in \[0.0, 1.0\], got 2.0")
     fails_with(capsys, ["sample", "--checkpoint", str(digits_run), "-o", "churn"],
                r"must look like key=value")

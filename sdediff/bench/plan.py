@@ -5,7 +5,8 @@
 :meth:`Sampler.steps_within <sdediff.samplers.base.Sampler.steps_within>`, so Heun's ``2N - 1``
 enters a budget of 10 at 9 calls. A sampler whose smallest run costs more is skipped with a note.
 Adaptive samplers (``ode``, ``dpm_adaptive``: ``nfe(steps)`` is ``None``) run at the tolerances
-``rtol = atol = tol`` instead and are reported at their counted NFE. The diffusers peers meet a
+``rtol = atol = tol`` instead (the adaptive SDE solver at :data:`SDE_TOLERANCES`) and are reported
+at their counted NFE. The diffusers peers meet a
 budget by :func:`~sdediff.bench.peers.peer_steps`.
 
 ``--samplers`` takes names or the groups of :data:`GROUPS` (:func:`resolve_samplers`);
@@ -26,6 +27,10 @@ from .peers import PEERS, make_scheduler, peer_steps
 DEFAULT_NFE = (5, 10, 20, 50, 100, 200, 1000)
 #: ``rtol = atol`` of the adaptive samplers.
 TOLERANCES = (1e-2, 1e-3, 1e-4)
+#: ``rtol = atol`` of the adaptive SDE samplers (``adaptive_sde``), whatever ``--tols`` says: a
+#: strong-order-1/2 estimate needs steps of ``tol^2``, so 1e-3 would take 10^6 steps; these reach
+#: the energy-distance floor (``benchmarks/results/adaptive_sde.md``).
+SDE_TOLERANCES = (0.1, 0.05, 0.02)
 #: Keywords of ``--samplers`` besides names.
 GROUPS = ("all", "sdediff", "peers")
 
@@ -86,7 +91,7 @@ def plan(ours: Iterable[str], peers: Iterable[str], budgets: Sequence[int],
     for name in ours:
         sampler = registry.get(name)
         if sampler.nfe(sampler.min_steps) is None:
-            for tol in tolerances:
+            for tol in (SDE_TOLERANCES if sampler.is_stochastic() else tolerances):
                 tasks.append(Task(name, "sdediff", {"rtol": tol, "atol": tol}, None, None))
             continue
         for budget in budgets:

@@ -203,17 +203,27 @@ def markdown_report(result: BenchResult) -> str:
                       "indistinguishable from exact. Samplers that share `x_T` (deterministic) or "
                       "`x_T` and the Brownian path (stochastic) give correlated values: each group "
                       "is close to one draw."]
-        lines += ["", "Best per budget (lowest value at NFE <= budget):", "",
-                  "| budget | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
+        peers = len(sources) > 1
+        lines += ["", "Best per budget (lowest value at NFE <= budget; sdediff's samplers at their "
+                  "default options" + ("; ratio: sdediff's best over the best peer's" if peers
+                                       else "") + "):", "",
+                  "| budget | " + " | ".join(sources) + (" | ratio |" if peers else " |"),
+                  "|---|" + "---|" * (len(sources) + peers)]
         for b in budgets:
-            cells = []
+            cells, values = [], {}
             for source in sources:
                 pool = [r for r in mine if r["source"] == source and r["nfe"] <= b
                         and (r["budget"] == b or r["budget"] is None)]
                 best = min(pool, key=lambda r: r["value"], default=None)
+                values[source] = None if best is None else best["value"]
                 cells.append("-" if best is None else
                              f"`{best['sampler']}`{_variant(best)} {_cell(best['value'])} "
                              f"({best['nfe']} NFE)")
+            if peers:
+                theirs = [v for s, v in values.items() if s != "sdediff" and v is not None]
+                ours = values["sdediff"]
+                cells.append(f"{ours / min(theirs):.2f}" if ours is not None and theirs
+                             and min(theirs) > 0 else "-")
             lines.append(f"| {b} | " + " | ".join(cells) + " |")
         lines.append("")
     metric = (metrics_of(rows) or [None])[-1]

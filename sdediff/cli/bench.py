@@ -73,7 +73,8 @@ def add_parser(sub) -> None:
 
     adaptive = ", ".join(name for name in available() if get(name).adaptive)
     p.add_argument("--tols", default="1e-2,1e-3,1e-4", help="rtol = atol of the adaptive "
-                   f"samplers ({adaptive}, kdiff:dpm_adaptive)")
+                   f"samplers ({adaptive}, kdiff:dpm_adaptive; default 1e-2,1e-3,1e-4; "
+                   "adaptive_sde runs at 0.1,0.05,0.02)")
     p.add_argument("--checkpoint", help="run directory, checkpoint folder or diffusers pipeline "
                    "folder (problems model and digits; default: the bundled digits model)")
     p.add_argument("--ref-tol", type=float, help="problem model: rtol = atol of the reference "

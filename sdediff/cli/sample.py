@@ -138,10 +138,11 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("sample", help="generate samples from a checkpoint")
     add_checkpoint_argument(p)
-    from ..samplers import available
+    from ..samplers import DEFAULT_SAMPLER, available
 
-    p.add_argument("--sampler", default="ddim", help=f"one of {', '.join(available())} "
-                   "(`sdediff samplers` lists their orders and options)")
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER,
+                   help=f"one of {', '.join(available())} (default {DEFAULT_SAMPLER}, chosen by "
+                   "benchmarks/bench_defaults.py; `sdediff samplers` lists their orders and options)")
     p.add_argument("--steps", type=int, help="steps (default per sampler)")
     p.add_argument("--num", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="sample i depends only on (seed, i)")

@@ -12,15 +12,16 @@ This module holds no sampler (nothing is registered): :func:`fit_grid` returns a
 
 **Objective, without the evaluation's reference.** From the pilot's ``x_T`` the reference endpoint
 is the probability-flow ODE solved by the ``ode`` sampler (torchdiffeq ``dopri5``) at tight
-tolerance (:data:`REFERENCE_TOL`); the objective is ``log`` of the RMS distance (per sample,
-``sqrt(mean_b ||x_b - x_ref,b||^2)``) between the sampler's ``denoise=False`` output on the
-candidate grid and that reference. Nothing of the batch the grid is later judged on enters: pass
-a pilot drawn with its own seed. With ``trim = f`` the RMS leaves out the worst fraction ``f`` of
-the pilot samples (default 0): in high dimension a pilot sample on a decision boundary between
-two components lands in the wrong one under almost any grid, and its constant, large error can
-steer the fit. Trimming helps only when the pilot holds such a sample, hence off by default; a
-larger pilot is the other cure (measurements: ``docs/fast_solvers.md``, 'Measured behaviour of
-fitted grids').
+tolerance (:data:`REFERENCE_TOL` for a float64 pilot, :data:`REFERENCE_TOL_LOW` for a float32 or
+lower-precision one, where tighter tolerances only chase rounding); the objective is ``log`` of the
+RMS distance (per sample, ``sqrt(mean_b ||x_b - x_ref,b||^2)``) between the sampler's
+``denoise=False`` output on the candidate grid and that reference. Nothing of the batch the grid is
+later judged on enters: pass a pilot drawn with its own seed. With ``trim = f`` the RMS leaves out
+the worst fraction ``f`` of the pilot samples (default 0): in high dimension a pilot sample on a
+decision boundary between two components lands in the wrong one under almost any grid, and its
+constant, large error can steer the fit. Trimming helps only when the pilot holds such a sample,
+hence off by default; a larger pilot is the other cure (measurements: ``docs/fast_solvers.md``,
+'Measured behaviour of fitted grids').
 
 **Parameterisation.** A grid of ``N`` steps from ``T`` to ``t_end`` is ``N`` positive increments
 of the half log-SNR ``lambda``: ``lambda_i = lambda_T + (lambda_end - lambda_T) cumsum(softmax(theta))_i``
@@ -73,6 +74,10 @@ from .grids import CONTINUOUS_GRIDS, check_grid, make_grid
 
 #: Tolerance (rtol = atol) of the ``ode`` dopri5 reference run on the pilot batch.
 REFERENCE_TOL = 1e-7
+#: The same for a pilot (and so a network) below float64: float32 rounding of a network's output
+#: is ~1e-6 relative, so 1e-7 would only buy steps (about 1600 calls instead of 300 on the digits
+#: model).
+REFERENCE_TOL_LOW = 1e-5
 #: Knots of the stage-1 warp (piecewise-linear log-increment correction over the step index).
 WARP_KNOTS = 5
 #: Default budget of objective evaluations (each is one sampler run on the pilot batch).
@@ -168,7 +173,8 @@ def fit_grid(model: ScoreModel, sampler: str = "dpm_solver++", nfe: int = 10,
     """Fit the interior times of ``sampler``'s grid at ``nfe`` network calls per sample.
 
     ``pilot``: the pilot ``x_T`` ``(B, ...)``; or ``shape`` (and ``generator``) to draw it from
-    the prior. Use a pilot independent of the batches the grid is judged on (its own seed).
+    the prior (in the network's dtype, float64 for a plain function such as an exact mixture). Use a pilot
+    independent of the batches the grid is judged on (its own seed).
     ``init``: the named grid to start from, or ``"best"`` (the named grid with the lowest pilot
     error); ``iterations``: budget of the search in sampler runs on the pilot; ``trim``: the
     fraction of worst pilot samples the objective leaves out. ``sampler_options`` are the
@@ -199,11 +205,14 @@ def fit_grid(model: ScoreModel, sampler: str = "dpm_solver++", nfe: int = 10,
     if pilot is None:
         if shape is None:
             raise InputValueError("give the pilot batch: pilot=x_T, or shape=(batch, ...) and generator")
-        pilot = sde.prior_sample(tuple(shape), generator=generator, dtype=torch.float64)
+        # float64 for a function of x (an exact mixture); a network's own dtype otherwise
+        pilot = sde.prior_sample(tuple(shape), generator=generator,
+                                 dtype=model.dtype or torch.float64, device=model.device)
     check_batch("pilot", pilot)
 
     nfe_before = model.nfe
-    ode = get("ode", rtol=REFERENCE_TOL, atol=REFERENCE_TOL)
+    tol = REFERENCE_TOL if pilot.dtype == torch.float64 else REFERENCE_TOL_LOW
+    ode = get("ode", rtol=tol, atol=tol)
     reference = ode.solve(model, pilot, ode.grid(sde, None, t_end)).x
     runs = 0
 

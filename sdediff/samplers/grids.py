@@ -14,6 +14,8 @@ karras        Karras et al.'s rho = 7 spacing of ``sigma~ = sigma/alpha = exp(-l
 edm           EDM's published recipe: the rho = 7 spacing over EDM's noise range
               ``sigma~ in [0.002, 80]`` clipped to the process's own range, with the first and
               last times then pinned at ``T`` and ``t_end``
+auto          the fast solvers' default: ``quadratic`` for VP and sub-VP, ``logsnr`` for VE
+              (:func:`auto`)
 leading,      diffusers' ``timestep_spacing`` values, for discrete processes only
 trailing,     (:class:`~sdediff.sde.DiscreteVPSDE`): exactly the timesteps of diffusers'
 linspace      ``set_timesteps(steps)`` (:func:`diffusers_timesteps`), at ``t = (tau + 1)/M``
@@ -38,6 +40,7 @@ import numpy as np
 import torch
 
 from ..checks import InputValueError, check_choice, check_int
+from ..sde import VESDE
 from ..utils import as_time
 
 #: Karras et al. (2022), eq. 5 and Table 1: rho = 7.
@@ -144,13 +147,24 @@ def _spacing(name: str):
 
 CONTINUOUS_GRIDS = {"uniform": uniform, "logsnr": logsnr, "quadratic": quadratic,
                     "karras": karras, "edm": edm}
+
+
+def auto(sde, steps: int, t_end: float) -> torch.Tensor:
+    """The fast solvers' default grid: ``quadratic`` for the variance-preserving processes, and
+    ``logsnr`` (geometric ``sigma``, score_sde's VE grid) for VE, where a grid quadratic in ``t``
+    crowds the steps at the low-noise end: 1.16-3.1x the error of ``logsnr`` at 10-20 NFE on the
+    mixtures. Chosen by ``benchmarks/bench_defaults.py`` (``docs/benchmarks.md``)."""
+    return (logsnr if isinstance(sde, VESDE) else quadratic)(sde, steps, t_end)
+
 #: diffusers' ``timestep_spacing`` values, grids of discrete processes. Such a grid is the
 #: ``steps`` timesteps of ``set_timesteps(steps)`` and nothing else: it starts where diffusers
 #: starts (``leading``: index 900 of 1000 for 10 steps, not ``T``), ends at its last timestep
 #: (``t_end`` is not used), and has ``steps - 1`` intervals; the final denoise at its last time is
 #: diffusers' last step (to ``alpha = 1``), so ``steps`` network calls in all, as in diffusers.
 SPACINGS = ("leading", "trailing", "linspace")
-GRIDS = {**CONTINUOUS_GRIDS, **{name: _spacing(name) for name in SPACINGS}}
+#: Every grid by name: the continuous ones, ``auto`` (the default of the fast solvers) and the
+#: spacings.
+GRIDS = {**CONTINUOUS_GRIDS, "auto": auto, **{name: _spacing(name) for name in SPACINGS}}
 
 
 def check_grid(ts: torch.Tensor, sde, t_end: float) -> torch.Tensor:

@@ -14,14 +14,17 @@ the DDIM coefficient times the AB combination (the form used here, so the state 
 The weights ignore the grid's varying step, as in the reference: on a non-uniform grid the
 method is formally second order for ``order >= 2`` (the step-size variation enters the local
 error at ``O(h^3)``; ``tests/test_fast_solvers.py`` asserts order 2 on ``karras`` from 160-640
-steps), though the ``order = 4`` default is much more accurate than the second-order solvers at
-few calls (measurements: ``docs/samplers.md``, 'Observed orders of the fast solvers' and
+steps), though ``order = 3`` (the default) and 4 are much more accurate than the second-order
+solvers at few calls (measurements: ``docs/samplers.md``, 'Observed orders of the fast solvers' and
 'Accuracy at few steps').
 
-Default grid ``karras`` (rho = 7 in ``s``): Zhou et al. 2024 ("Fast ODE-based Sampling for
-Diffusion Models in Around 5 Steps", diff-solvers) rerun iPNDM on EDM checkpoints with EDM's
-rho = 7 grid and find it the best of the fast solvers at 3-10 NFE on CIFAR-10; DEIS itself uses
-uniform ``t`` for its VP models.
+Defaults ``order=3`` on the ``auto`` grid (``quadratic`` on VP, ``logsnr`` on VE), by measurement
+(``benchmarks/bench_defaults.py``, score over gmm2d, gmm64 and the digits model at 5, 10 and 20
+NFE: 1.61, against 2.31 for order 4 on the same grid and 4.36 for the former default, order 4 on
+``karras``, which gave a Fréchet distance of 166 against 24 at 10 NFE on the digits). Zhou et
+al. 2024 ("Fast ODE-based Sampling for Diffusion Models in Around 5 Steps") run iPNDM on EDM's
+rho = 7 grid; DEIS itself uses uniform ``t`` for its VP models. At 5 NFE on the digits this
+default is poor (5.96x the best Fréchet distance of the candidates): use ``unipc`` there.
 
 One network call per step, the first at ``T``. ``x``: ``(B, ...)``, any dtype; coefficients
 float64.
@@ -41,7 +44,7 @@ class IPNDM(Sampler):
     reversible = True            # the update holds for either direction of time: encodes
     order = 2                     # formal order on the non-uniform grids it is used with
     default_steps = 10
-    defaults = {"schedule": "karras", "order": 4}
+    defaults = {"schedule": "auto", "order": 3}
 
     def __init__(self, **options):
         super().__init__(**options)

@@ -43,20 +43,20 @@ error ``O(h^order)``) keeps the global order, where lowering to 1 as ``dpm_solve
   generalised to order 4): over the 6 (problem, NFE) points, the geometric-mean error of each
   formulation's best order, grid and final steps (full order or first order) is 1.1e-2,
   1.8e-2 and 1.8e-2;
-- ``order=4``: most accurate at 50 NFE (order 3: 7.7e-4 and 4.4e-3 against 1.0e-4 and 2.0e-3),
-  and at 10 and 20 NFE on gmm64; order 3 is 1.15-1.4x lower at 10 and 20 NFE on gmm2d;
-- ``schedule="quadratic"``: at 20 / 50 NFE gmm2d 1.0e-2 / 1.0e-4 and gmm64 2.8e-2 / 2.0e-3;
-  on ``logsnr`` 9.4e-3 / 6.4e-4 and 3.1e-2 / 5.2e-3, on ``karras`` 1.9e-2 / 1.3e-3 and
+- ``order=3`` and grid ``auto`` (``quadratic`` on VP): the lowest score over gmm2d, gmm64 and
+  the digits model at 5, 10 and 20 NFE (``benchmarks/bench_defaults.py``: 1.80, against 2.14 for
+  order 4 on the same grid); ``order=4`` is the most accurate at 50 NFE (order 3: 7.7e-4 and
+  4.4e-3 against 1.0e-4 and 2.0e-3), so pass it for budgets of 50 and more;
+- grids, order 4: at 20 / 50 NFE ``quadratic`` gives gmm2d 1.0e-2 / 1.0e-4 and gmm64
+  2.8e-2 / 2.0e-3; ``logsnr`` 9.4e-3 / 6.4e-4 and 3.1e-2 / 5.2e-3, ``karras`` 1.9e-2 / 1.3e-3 and
   0.15 / 5.2e-3. On ``uniform`` (``t``) the last step is ~4x the one before in log-SNR and order
   4 is unstable at few steps (gmm2d 0.50 at 10 NFE): use ``order <= 3`` or another grid there;
 - ``lower_order_final=True``: gmm2d 2.6e-2 / 1.0e-2 / 1.0e-4 and gmm64 0.57 / 2.8e-2 / 2.0e-3;
   without lowering 0.11 / 4.8e-3 / 8.2e-5 and 1.0 / 1.9e-2 / 2.0e-3 (unstable at 10 NFE);
   lowering to first order 3.8e-2 / 8.6e-3 / 1.8e-4 and 0.59 / 2.0e-2 / 2.1e-3.
 
-Against the other defaults (``unipc``, ``ipndm``, ``dpm_solver++``, each on its own default
-grid) it is the most accurate at 10 / 20 / 50 NFE on both problems (tied with ``unipc`` on gmm64
-at 10 NFE, and 3% above ``unipc``'s 9.7e-3 on gmm2d at 20), 3.3-34x below them at 50 NFE, and
-4-31x below k-diffusion's LMS on its karras grid there (numbers: ``docs/fast_solvers.md``).
+Against the other samplers' defaults and k-diffusion's LMS: ``benchmarks/results/fast_solvers.md``
+(``docs/fast_solvers.md``).
 
 Order: ``order`` on the ``logsnr`` grid on the VP, cosine VP and VE processes
 (``tests/test_lms.py``: 1-3 within 0.3; for order 4 the error falls faster than ``h^4`` before it
@@ -134,9 +134,9 @@ def lms_coefficients(sde, ts, order: int, variable: str, lower_order_final: bool
 class LMS(Sampler):
     family = "lms"
     reversible = True            # the update holds for either direction of time: encodes
-    order = 4                     # of the default; instances declare their own
+    order = 3                     # of the default; instances declare their own
     default_steps = 20
-    defaults = {"schedule": "quadratic", "order": 4, "variable": "logsnr",
+    defaults = {"schedule": "auto", "order": 3, "variable": "logsnr",
                 "lower_order_final": True}
 
     def __init__(self, **options):
