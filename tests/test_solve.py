@@ -161,7 +161,7 @@ def test_dpm_solver_pp_2m_is_lu_et_al_algorithm_2(model, one_thread):
         x = sigma[i] / sigma[i - 1] * x - alpha[i] * math.expm1(-h[i]) * D
         previous = current
     ours = sd.sample(model, x_T=x_T(), sampler="dpm_solver++", steps=12, order=2,
-                     lower_order_final=False, denoise=False)
+                     lower_order_final=False, denoise=False, schedule="logsnr")
     assert torch.allclose(ours, x, rtol=0, atol=1e-12), float((ours - x).abs().max())
 
 
