@@ -7,7 +7,7 @@ probability-flow ODE, denoising score matching and training.
 
 from . import samplers
 from .checkpoint import load_classifier, load_model
-from .checks import NumericalError
+from .checks import AccuracyWarning, NumericalError
 from .inpaint import inpaint
 from .losses import dsm_loss
 from .ode import bits_per_dim, decode, encode, interpolate, log_likelihood
@@ -20,6 +20,7 @@ from .train import TrainConfig, Trainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccuracyWarning",
     "DDPMChain",
     "DiscreteVPSDE",
     "ForwardProcess",

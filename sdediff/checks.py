@@ -35,6 +35,11 @@ class NumericalError(RuntimeError):
     """A numerical breakdown (non-finite state or loss) with advice on what to change."""
 
 
+class AccuracyWarning(UserWarning):
+    """A result whose own error estimate exceeds its threshold (a fixed-step likelihood or
+    encoding too coarse to trust); the message gives the estimate and what to change."""
+
+
 def _listing(allowed: Iterable[Any]) -> str:
     return ", ".join(str(a) for a in allowed)
 

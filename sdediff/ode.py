@@ -57,12 +57,14 @@ in DDP for these solves (adaptive steps differ per batch, ranks would hang).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from . import samplers
 from .checks import (
+    AccuracyWarning,
     InputValueError,
     NumericalError,
     check_batch,
@@ -82,6 +84,17 @@ from .streams import PROBES, SampleSeeds, normal, rademacher, uniform
 T_MIN = ForwardProcess.t_min
 DIVERGENCES = ("exact", "hutchinson")
 PROBE_NOISES = ("rademacher", "gaussian")
+#: :func:`log_likelihood`'s default solver of the augmented ODE, chosen by measurement
+#: (``benchmarks/bench_encoding.py``, ``docs/encoding.md``): a fixed-step method on a fixed grid.
+LIKELIHOOD_SOLVER = {"method": "rk4", "schedule": "logsnr"}
+LIKELIHOOD_STEPS = 5
+#: :func:`interpolate`'s default encoder: exactly invertible BDIA (``samplers/bdia.py``), one
+#: call per step each way, chosen by measurement (``docs/encoding.md``).
+INTERPOLATE_SAMPLER = "bdia"
+#: Warn when an encoding's estimated relative latent error (:func:`coarse_grid`) exceeds this.
+ENCODE_WARN_REL = 0.05
+#: Warn when a likelihood's estimated error exceeds this many bits per dimension.
+LIKELIHOOD_WARN_BITS = 0.01
 #: Unit vectors per batched vector-Jacobian product of the exact divergence (bounds its memory
 #: to ``EXACT_CHUNK`` copies of the batch).
 EXACT_CHUNK = 64
@@ -96,7 +109,9 @@ class LikelihoodResult:
     ``z``: the latents ``x(T)`` (the encoding); ``prior_logp`` = ``log p_T(z)`` and ``delta_logp``
     = the divergence integral, ``(B,)`` each, with ``-nll = prior_logp + delta_logp``;
     ``nfe``: network calls; ``vjps``: vector-Jacobian products (``D`` or ``probes`` per call);
-    ``seconds``: wall time."""
+    ``seconds``: wall time; ``error_estimate``: a fixed-step solve's estimated error of ``nll``
+    in nats ``(B,)`` (Richardson against every other time of its grid; ``None`` for adaptive
+    solves), whose ``estimate_nfe`` calls are not in ``nfe`` (nor in ``vjps``)."""
 
     nll: torch.Tensor
     stderr: torch.Tensor | None
@@ -108,6 +123,8 @@ class LikelihoodResult:
     seconds: float
     divergence: str
     probes: int
+    error_estimate: torch.Tensor | None = None
+    estimate_nfe: int = 0
 
 
 # ------------------------------------------------------------------------- bits per dimension
@@ -204,28 +221,82 @@ def _solver(model, sampler: str, steps, t_min, adjoint: bool, options: dict, for
 
 def _transport(model, x, forward: bool, sampler: str, steps, t_min, adjoint: bool,
                progress: bool, options: dict, what: str) -> SampleResult:
-    """Carry ``x`` along the probability-flow ODE from ``t_min`` to ``T`` (``forward``) or back."""
+    """Carry ``x`` along the probability-flow ODE from ``t_min`` to ``T`` (``forward``) or back;
+    a :attr:`~sdediff.samplers.base.Sampler.paired` sampler decodes its latent pair."""
     model, solver, ts = _solver(model, sampler, steps, t_min, adjoint, options, forward)
     check_batch(what, x)
-    return solver.solve(model, x, ts, progress=progress, desc="encode" if forward else "decode")
+    pair = solver.paired and not forward
+    if pair:
+        solver.check_pair(x, ts, what)
+    return solver.solve(model, x, ts, progress=progress, desc="encode" if forward else "decode",
+                        pair=pair)
 
 
 def encode(model: ScoreModel, x0: torch.Tensor, *, sampler: str = "ode", steps: int | None = None,
            t_min: float | None = None, adjoint: bool = False, progress: bool = False,
-           return_info: bool = False, **options):
+           return_info: bool = False, error_estimate: bool = True, **options):
     """Latents ``z = x(T)`` of data ``x0 = x(t_min)`` along the probability-flow ODE.
 
-    ``x0``: ``(B, ...)``. ``sampler="ode"`` (default): torchdiffeq, ``options`` are the ``ode``
-    sampler's (``method`` any torchdiffeq method, default ``dopri5``; ``rtol``/``atol`` default
-    ``1e-5``; ``schedule`` and ``steps`` for fixed-step methods). Another deterministic sampler
-    that declares itself ``reversible`` (:func:`sdediff.samplers.reversible`) runs its
-    ``steps``-step grid in reverse, with its own options.
+    ``x0``: ``(B, ...)``; ``z``: ``(B, ...)``, or for a :func:`paired <sdediff.samplers.paired>`
+    sampler (``"bdia"``, ``"edict"``: exactly invertible at any step count) the latent pair
+    ``(B, 2, ...)``, whose first member is the state at ``T``; :func:`decode` takes the pair back.
+    ``sampler="ode"`` (default): torchdiffeq, ``options`` are the ``ode`` sampler's (``method``
+    any torchdiffeq method, default ``dopri5``; ``rtol``/``atol`` default ``1e-5``; ``schedule``
+    and ``steps`` for fixed-step methods). Another deterministic sampler that declares itself
+    ``reversible`` (:func:`sdediff.samplers.reversible`) runs its ``steps``-step grid in
+    reverse, with its own options.
     ``adjoint=True`` makes the result differentiable (``odeint_adjoint``). Returns ``z``, or a
     :class:`~sdediff.samplers.base.SampleResult` (``x``, ``nfe``, ``times``, ``seconds``) with
     ``return_info=True``.
+
+    A fixed-step encoding estimates its own error (``error_estimate=True``): the same sampler on
+    every other time of its grid (:func:`coarse_grid`, about half the calls again), and
+    Richardson's ``|z - z_coarse| / (2^order - 1)`` relative to ``|z|``, per sample, in
+    ``extra["error_estimate"]`` (its calls in ``extra["estimate_nfe"]``, not in ``nfe``); above
+    :data:`ENCODE_WARN_REL` it warns (:class:`~sdediff.checks.AccuracyWarning`). Adaptive solvers
+    control their error by ``rtol``/``atol`` and report ``None``.
     """
     result = _transport(model, x0, True, sampler, steps, t_min, adjoint, progress, options, "x0")
+    if error_estimate and not adjoint:
+        _estimate_encoding_error(model, x0, result, sampler, options)
     return result if return_info else result.x
+
+
+def coarse_grid(ts: torch.Tensor) -> torch.Tensor:
+    """Every other time of the grid ``ts``, both ends kept: ``ceil(N / 2)`` steps for ``N``."""
+    index = list(range(0, ts.numel(), 2))
+    if index[-1] != ts.numel() - 1:
+        index.append(ts.numel() - 1)
+    return ts[index]
+
+
+def richardson_error(fine: torch.Tensor, coarse: torch.Tensor, order: float) -> torch.Tensor:
+    """Richardson's estimate of the error of ``fine``, solved on twice the steps of ``coarse``
+    by a method of global ``order``: ``|fine - coarse| / (2^order - 1)``."""
+    return (fine - coarse).abs() / (2.0 ** order - 1)
+
+
+def _estimate_encoding_error(model, x0, result: SampleResult, sampler: str, options: dict) -> None:
+    """The relative error of a fixed-step encoding's latent, per sample, by Richardson against
+    the same sampler on :func:`coarse_grid`: ``result.extra["error_estimate"]`` ``(B,)`` and
+    ``["estimate_nfe"]``; warns (:class:`~sdediff.checks.AccuracyWarning`) above
+    :data:`ENCODE_WARN_REL`. Adaptive solves control their error by ``rtol``/``atol`` instead."""
+    solver = samplers.get(sampler, **options)
+    ts = result.times
+    if solver.adaptive or ts.numel() < 3:
+        result.extra.update(error_estimate=None, estimate_nfe=0)
+        return
+    coarse = solver.solve(model, x0, coarse_grid(ts), pair=False)
+    fine_z, coarse_z = (result.x, coarse.x) if not solver.paired else (result.x[:, 0], coarse.x[:, 0])
+    error = richardson_error(fine_z, coarse_z, solver.order).flatten(1).norm(dim=1)
+    relative = error / fine_z.flatten(1).norm(dim=1)
+    result.extra.update(error_estimate=relative, estimate_nfe=coarse.nfe)
+    worst = float(relative.max())
+    if worst > ENCODE_WARN_REL:
+        warnings.warn(
+            f"encode: the latent's estimated relative error is {worst:.3g} (> {ENCODE_WARN_REL:g}, "
+            f"{sampler} with {ts.numel() - 1} steps against {coarse_grid(ts).numel() - 1}); take "
+            "more steps or another grid (schedule=...)", AccuracyWarning, stacklevel=3)
 
 
 def decode(model: ScoreModel, z: torch.Tensor, *, sampler: str = "ode", steps: int | None = None,
@@ -296,7 +367,7 @@ def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hu
                    generator: torch.Generator | SampleSeeds | None = None,
                    t_min: float | None = None,
                    steps: int | None = None, adjoint: bool = False, progress: bool = False,
-                   return_info: bool = False, **options):
+                   return_info: bool = False, error_estimate: bool = True, **options):
     """Negative log-likelihood ``-log p_{t_min}(x0)`` in nats per sample, shape ``(B,)``.
 
     The augmented probability-flow ODE ``(x, delta logp)`` is solved from ``(x0, 0)`` at ``t_min``
@@ -304,10 +375,18 @@ def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hu
     ``"exact"`` (``D`` vector-Jacobian products per call; small ``D``) or ``"hutchinson"``
     (``probes`` per sample, default 1, ``noise`` ``"rademacher"`` (default) or ``"gaussian"``,
     drawn once from ``generator``; :class:`~sdediff.streams.SampleSeeds` draws sample ``i``'s
-    from ``(seed, i)``). ``options``: the ``ode`` sampler's (``method``, ``rtol``,
-    ``atol``, ``schedule``; ``steps`` for fixed-step methods). ``adjoint=True``: differentiable
-    with respect to ``x0`` and the network's parameters. With ``return_info=True`` returns a
-    :class:`LikelihoodResult` (standard error when ``probes >= 2``, latents, NFE).
+    from ``(seed, i)``). ``adjoint=True``: differentiable with respect to ``x0`` and the
+    network's parameters. With ``return_info=True`` returns a :class:`LikelihoodResult`
+    (standard error when ``probes >= 2``, latents, NFE, error estimate).
+
+    The solver: ``options`` are the ``ode`` sampler's (``method``, ``rtol``, ``atol``,
+    ``schedule``; ``steps`` for fixed-step methods). Without ``method``, ``rtol`` or ``atol``
+    the default is :data:`LIKELIHOOD_SOLVER` with :data:`LIKELIHOOD_STEPS` steps (chosen by
+    measurement, ``docs/encoding.md``); tolerances alone select the adaptive ``dopri5``.
+    A fixed-step solve estimates its own error (``error_estimate=True``): the same solve on
+    every other time of its grid (:func:`coarse_grid`, about half the calls again) and
+    Richardson's ``|nll - nll_coarse| / (2^order - 1)``; above :data:`LIKELIHOOD_WARN_BITS`
+    bits/dim for any sample it warns (:class:`~sdediff.checks.AccuracyWarning`).
     """
     check_batch("x0", x0)
     check_choice("divergence", divergence, DIVERGENCES)
@@ -320,6 +399,11 @@ def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hu
     else:
         P = check_int("probes", 1 if probes is None else probes, minimum=1)
         noise = check_choice("noise", "rademacher" if noise is None else noise, PROBE_NOISES)
+    if not {"method", "rtol", "atol"} & set(options):
+        options = {**LIKELIHOOD_SOLVER, **options}
+        steps = LIKELIHOOD_STEPS if steps is None else steps
+    elif "method" not in options:           # tolerances alone: the adaptive default
+        options = {**options, "method": "dopri5"}
     model, solver, ts = _solver(model, "ode", steps, t_min, adjoint, options, forward=True)
     sde = model.sde
     time_dtype = coefficient_dtype(x0.device)     # float64 (float32 on MPS), once
@@ -346,20 +430,38 @@ def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hu
             drift, div = drift.detach(), div.detach()
         return drift, div                         # d(x, delta logp)/dt = (f~, div f~)
 
-    state = (x0, torch.zeros(x0.shape[0], P, dtype=x0.dtype, device=x0.device))
-    (z, delta), run = solver.solve_augmented(model, augmented, state, ts, progress=progress)
-    prior = sde.prior_logp(z)
-    nll = -(prior + delta.mean(1))
+    def solve(grid, show: bool):
+        """``(nll, z, prior, delta (B, P), observer)`` of the augmented solve along ``grid``."""
+        state = (x0, torch.zeros(x0.shape[0], P, dtype=x0.dtype, device=x0.device))
+        (z, delta), run = solver.solve_augmented(model, augmented, state, grid, progress=show)
+        prior = sde.prior_logp(z)
+        return -(prior + delta.mean(1)), z, prior, delta, run
+
+    nll, z, prior, delta, run = solve(ts, progress)
+    vjps = calls[0] * (D if v is None else P)
     if not bool(torch.isfinite(nll).all()):
         raise NumericalError("log_likelihood: a non-finite log-likelihood; check the model's "
                              "output, tighten rtol/atol or take more steps")
+    error, estimate_nfe = None, 0
+    if error_estimate and not solver.adaptive and not adjoint and ts.numel() >= 3:
+        coarse_nll, *_, coarse_run = solve(coarse_grid(ts), False)
+        error = richardson_error(nll, coarse_nll, solver.order)
+        estimate_nfe = coarse_run.nfe
+        worst = float(error.max()) / (D * math.log(2))
+        if not worst <= LIKELIHOOD_WARN_BITS:           # a non-finite estimate warns too
+            warnings.warn(
+                f"log_likelihood: estimated error up to {worst:.3g} bits/dim (> "
+                f"{LIKELIHOOD_WARN_BITS:g}; method {solver.options['method']!r}, {ts.numel() - 1} "
+                f"steps on {solver.options['schedule']!r} against {coarse_grid(ts).numel() - 1}); "
+                "take more steps, use the default grid, or an adaptive method (rtol=...)",
+                AccuracyWarning, stacklevel=2)
     if not return_info:
         return nll
     stderr = delta.std(1) / math.sqrt(P) if P >= 2 else None
     return LikelihoodResult(
         nll=nll, stderr=stderr, z=z, prior_logp=prior, delta_logp=delta.mean(1),
-        nfe=run.nfe, vjps=calls[0] * (D if v is None else P), seconds=run.seconds,
-        divergence=divergence, probes=P)
+        nfe=run.nfe, vjps=vjps, seconds=run.seconds,
+        divergence=divergence, probes=P, error_estimate=error, estimate_nfe=estimate_nfe)
 
 
 # ------------------------------------------------------------------------------- interpolation
@@ -401,7 +503,10 @@ def interpolate(model: ScoreModel, x_a: torch.Tensor, x_b: torch.Tensor, n: int,
     ``(B, ...)``; the endpoints are ``decode(encode(x_a))`` and ``decode(encode(x_b))``.
 
     ``kwargs`` go to :func:`encode` and :func:`decode` alike (``sampler``, ``steps``, ``t_min``,
-    ``method``, ``rtol``, ...). With ``return_latents=True`` returns ``(images, latents)``.
+    ``method``, ``rtol``, ...). The default sampler is :data:`INTERPOLATE_SAMPLER`, the exact
+    encoder: the endpoints come back to round-off. A paired sampler's latent pairs are
+    interpolated member by member with the same weights. With ``return_latents=True`` returns
+    ``(images, latents)``.
     """
     check_batch("x_a", x_a)
     check_batch("x_b", x_b)
@@ -411,8 +516,12 @@ def interpolate(model: ScoreModel, x_a: torch.Tensor, x_b: torch.Tensor, n: int,
         if bad in kwargs:
             raise InputValueError(f"unknown option {bad!r} for interpolate")
     B = x_a.shape[0]
+    kwargs.setdefault("sampler", INTERPOLATE_SAMPLER)
     z = encode(model, torch.cat([x_a, x_b]), **kwargs)
     weights = torch.linspace(0, 1, n, dtype=torch.float64)
-    path = slerp(z[:B], z[B:], weights)                           # (B, n, ...)
-    x = decode(model, path.reshape(B * n, *x_a.shape[1:]), **kwargs).reshape(path.shape)
+    if z.shape[1:] == x_a.shape[1:]:
+        path = slerp(z[:B], z[B:], weights)                       # (B, n, ...)
+    else:                     # a latent pair (B, 2, ...): both members along the same weights
+        path = torch.stack([slerp(z[:B, k], z[B:, k], weights) for k in range(2)], dim=2)
+    x = decode(model, path.reshape(B * n, *z.shape[1:]), **kwargs).reshape(B, n, *x_a.shape[1:])
     return (x, path) if return_latents else x

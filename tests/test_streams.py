@@ -107,7 +107,9 @@ def test_sample_brownian_path_of_sample_i_is_its_own():
     shape = (7, 2, 3)
     whole = SampleBrownian(SampleSeeds(4), shape, 1.0)
     alone = SampleBrownian(SampleSeeds(4, start=5), (1, 2, 3), 1.0)
-    assert torch.equal(whole.normal(0.9, 0.4)[5:6], alone.normal(0.9, 0.4))
+    # to float32 rounding: the weighted sum over tree nodes is a matrix product whose summation
+    # order BLAS may choose by batch size (another sample's path differs by O(1))
+    torch.testing.assert_close(whole.normal(0.9, 0.4)[5:6], alone.normal(0.9, 0.4), rtol=1e-6, atol=1e-6)
     assert torch.equal(whole.corrector_normal(3, 1)[5:6], alone.corrector_normal(3, 1))
     assert not torch.equal(whole.corrector_normal(3, 1), whole.corrector_normal(3, 2))
 

@@ -90,16 +90,24 @@ def _my_batches(x, batch_size: int):
 def _transport_all(function, model, x, args, options: dict, t_min: float, sampler: str, steps,
                    device):
     """``encode`` or ``decode`` batch by batch on ``device``, shared out under torchrun; returns
-    ``(result, nfe, seconds)`` with the whole result on rank 0 (``None`` on the others) and this
-    rank's calls and time."""
-    outs, nfe, seconds = [], 0, 0.0
+    ``(result, nfe, seconds, error, estimate_nfe)`` with the whole result and the encoder's
+    per-example error estimate (``None`` if it has none) on rank 0 (``None`` on the others), and
+    this rank's calls and time."""
+    import torch
+
+    outs, errors, nfe, seconds, estimate_nfe = [], [], 0, 0.0, 0
     for start, batch in _my_batches(x, args.batch_size):
         r = function(model, batch.to(device), sampler=sampler, steps=steps, t_min=t_min,
                      progress=rank_world()[0] == 0 and not args.no_progress, return_info=True,
                      **options)
         outs.append((start, r.x))
+        error = r.extra.get("error_estimate")       # every rank gathers: NaN where there is none
+        errors.append((start, torch.full((len(batch),), float("nan")) if error is None else error))
         nfe, seconds = nfe + r.nfe, seconds + r.seconds
-    return gather(outs), nfe, seconds
+        estimate_nfe += r.extra.get("estimate_nfe", 0)
+    error = gather(errors)
+    return (gather(outs), nfe, seconds, None if error is None or bool(error.isnan().all()) else error,
+            estimate_nfe)
 
 
 def cmd_encode(args) -> int:
@@ -114,8 +122,8 @@ def cmd_encode(args) -> int:
     x, what, _, _ = load_examples(args.data, args.input, args.num, config)
     options = _solver_options(args)
     t_min = model.sde.t_min if args.t_min is None else args.t_min
-    z, nfe, seconds = _transport_all(encode, model, x, args, options, t_min, args.sampler,
-                                     args.steps, device)
+    z, nfe, seconds, error, estimate_nfe = _transport_all(encode, model, x, args, options, t_min,
+                                                          args.sampler, args.steps, device)
     if z is None:          # not rank 0: rank 0 writes
         return 0
     out = Path(args.out).with_suffix(".npy")
@@ -125,10 +133,13 @@ def cmd_encode(args) -> int:
         {"checkpoint": args.checkpoint or "bundled digits", "t_min": t_min, "sampler": args.sampler,
          "steps": args.steps, "options": options, "data": args.data, "input": args.input,
          "num": len(x)}, indent=2))
+    first = z if z.shape[1:] == x.shape[1:] else z[:, 0]      # a latent pair: the state at T
+    estimate = "" if error is None else (f"; estimated relative latent error max {float(error.max()):.2e} "
+                                         f"({estimate_nfe} more NFE)")
     print(f"encoded {len(x)} examples of {what} with {args.sampler} (t_min {t_min:g}): NFE {nfe}, "
           f"{seconds:.2f} s{on_ranks()}; mean latent norm / sqrt(D) "
-          f"{float(z.flatten(1).norm(dim=1).mean()) / z[0].numel() ** 0.5:.3f} (about 1 for "
-          f"N(0, I)); wrote {out} and {_sidecar(out)}")
+          f"{float(first.flatten(1).norm(dim=1).mean()) / first[0].numel() ** 0.5:.3f} (about 1 for "
+          f"N(0, I)){estimate}; wrote {out} and {_sidecar(out)}")
     return 0
 
 
@@ -139,6 +150,7 @@ def cmd_decode(args) -> int:
     import torch
 
     from ..ode import decode
+    from ..samplers import paired
 
     device = init_distributed(resolve_device(args.device))
     model, config = load_checkpoint_model(args.checkpoint, device)
@@ -150,20 +162,22 @@ def cmd_decode(args) -> int:
         z = torch.from_numpy(np.load(path, allow_pickle=False)).float()
     except (OSError, ValueError) as err:
         raise InputValueError(f"cannot read {args.input!r} as a .npy array: {err}") from err
-    shape = tuple(config["data"]["shape"])
-    if z.dim() < 2 or tuple(z.shape[1:]) != shape:
-        raise InputValueError(f"latents in {args.input!r} have shape {tuple(z.shape)}; the checkpoint "
-                              f"needs (N, {', '.join(map(str, shape))})")
     # the encoder's settings, so that decoding inverts it (same t_min); flags override them
     meta = json.loads(_sidecar(path).read_text()) if _sidecar(path).is_file() else {}
     if args.sampler is not None:   # another solver than the encoder's: none of its settings
         meta = {k: v for k, v in meta.items() if k not in ("sampler", "steps", "options")}
     sampler = args.sampler or meta.get("sampler", "ode")
+    shape = tuple(config["data"]["shape"])
+    if sampler in paired():        # the latent pair (N, 2, ...) of an exactly invertible encoder
+        shape = (2, *shape)
+    if z.dim() < 2 or tuple(z.shape[1:]) != shape:
+        raise InputValueError(f"latents in {args.input!r} have shape {tuple(z.shape)}; the checkpoint "
+                              f"with sampler {sampler!r} needs (N, {', '.join(map(str, shape))})")
     steps = args.steps if args.steps is not None else meta.get("steps")
     options = {**meta.get("options", {}), **_solver_options(args)}
     t_min = args.t_min if args.t_min is not None else meta.get("t_min", model.sde.t_min)
-    x, nfe, seconds = _transport_all(decode, model, z, args, options, t_min, sampler, steps,
-                                     device)
+    x, nfe, seconds, _, _ = _transport_all(decode, model, z, args, options, t_min, sampler, steps,
+                                           device)
     if x is None:          # not rank 0: rank 0 writes
         return 0
     files = write_samples(x, Path(args.out).with_suffix(".npy"), config["data"])
@@ -351,5 +365,5 @@ def add_parsers(sub) -> None:
     p.add_argument("--num-steps", type=int, default=8, help="points along the path, endpoints "
                    "included")
     p.add_argument("--out", default="interpolation.png", help="PNG strip (and .npy beside)")
-    _add_solver_arguments(p)
+    _add_solver_arguments(p, sampler_default="bdia")
     p.set_defaults(func=cmd_interpolate)

@@ -58,6 +58,11 @@ def reversible() -> list[str]:
     return [name for name, cls in _REGISTRY.items() if cls.reversible]
 
 
+def paired() -> list[str]:
+    """Names of the samplers whose state is a pair (EDICT, BDIA): their latents are ``(B, 2, ...)``."""
+    return [name for name, cls in _REGISTRY.items() if cls.paired]
+
+
 #: The sampler of :func:`sample` and ``sdediff sample`` when none is named: the best default of the
 #: fast solvers over the mixtures and the digits model at 5, 10 and 20 NFE
 #: (``benchmarks/bench_defaults.py``, ``docs/benchmarks.md``).
@@ -93,4 +98,5 @@ def _discover() -> None:
 _discover()
 
 __all__ = ["CONTINUOUS_GRIDS", "DEFAULT_SAMPLER", "GRIDS", "Observer", "SPACINGS", "SampleResult", "Sampler",
-           "available", "get", "make_grid", "register", "reversible", "sample"]
+           "available", "get", "make_grid", "paired", "register", "reversible",
+           "sample"]

@@ -9,7 +9,9 @@ loop over ``(t_cur, t_next)`` reads like the paper's algorithm. Everything aroun
 - **declared capabilities**: ``family``, ``order`` (global convergence order of the
   deterministic method; the weak order for stochastic ones), ``stochastic``, ``adaptive``,
   ``reversible`` (the update rule is written for either direction of time, so the sampler also
-  encodes, on its grid flipped), ``nfe(steps)`` (exact network calls for ``steps`` steps,
+  encodes, on its grid flipped), ``paired`` (the state is a pair of tensors, as in the exactly
+  invertible EDICT and BDIA: encoding returns the latent pair ``(B, 2, ...)`` and decoding takes
+  it back, :meth:`Sampler.run_pair`), ``nfe(steps)`` (exact network calls for ``steps`` steps,
   ``None`` for adaptive solvers), ``default_steps``, ``min_steps``. Docs, CLI help, the
   encoder and the benchmarks read these; nothing keeps a list by hand;
 - **grid**: :meth:`Sampler.grid` from ``T`` exactly to ``t_end`` in float64, with one rule for
@@ -163,6 +165,9 @@ class Sampler:
     adaptive: ClassVar[bool] = False
     #: The update rule holds for either direction of time: the sampler can encode.
     reversible: ClassVar[bool] = False
+    #: The state is a pair (EDICT, BDIA): ``run_pair`` replaces ``run``; a latent is the pair
+    #: stacked on dim 1, ``(B, 2, ...)``.
+    paired: ClassVar[bool] = False
     default_steps: ClassVar[int] = 100
     min_steps: ClassVar[int] = 1
     #: Every option with its default. ``schedule`` is the time grid of fixed-step samplers.
@@ -198,6 +203,14 @@ class Sampler:
         """Integrate from ``x`` at ``ts[0]`` to ``ts[-1]``; call ``observe(i, x)`` after step
         ``i`` (1-based). Returns the state at ``ts[-1]``."""
         raise NotImplementedError(f"sampler {self.name!r} does not define run()")
+
+    def run_pair(self, model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, observe: Observer,
+                 pair: bool) -> torch.Tensor:
+        """A :attr:`paired` sampler's integration along ``ts``: from a single state ``x``
+        ``(B, ...)`` (``pair=False``: generation, or the start of an encoding) or from a latent
+        pair ``(B, 2, ...)`` (``pair=True``: decoding). Returns the pair when ``ts`` increases
+        (an encoding's latent) and the single state when it decreases."""
+        raise NotImplementedError(f"sampler {self.name!r} does not define run_pair()")
 
     def times(self, sde, steps: int, t_end: float) -> torch.Tensor:
         """The ``steps``-step grid from ``T`` to ``t_end`` (override for grids of another kind,
@@ -307,7 +320,7 @@ class Sampler:
     def solve(self, model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, *,
               generator: torch.Generator | SampleSeeds | None = None, denoise: bool = False,
               progress: bool = False, desc: str | None = None,
-              keep_trajectory: bool = False) -> SampleResult:
+              keep_trajectory: bool = False, pair: bool = False) -> SampleResult:
         """Carry ``x`` ``(B, ...)`` at ``ts[0]`` along the grid ``ts`` to ``ts[-1]``.
 
         ``ts``: a strictly monotone 1-D grid in ``(0, T]``, decreasing to sample (or decode),
@@ -315,6 +328,8 @@ class Sampler:
         ``generator`` seeds a stochastic sampler's Brownian path: a ``torch.Generator`` (one path
         for the batch) or :class:`~sdediff.streams.SampleSeeds` (sample ``i``'s own). With
         ``denoise=True`` the result is ``model.x0`` at ``ts[-1]`` (one more call, counted).
+        A :attr:`paired` sampler returns the latent pair ``(B, 2, ...)`` when ``ts`` increases,
+        and takes one (``pair=True``, ``x`` of shape ``(B, 2, ...)``) to decode.
         Returns a :class:`SampleResult`; a non-finite result raises :class:`~sdediff.checks.NumericalError`.
         """
         model = check_score_model(model)
@@ -322,10 +337,27 @@ class Sampler:
         check_source(generator)
         ts = self._check_times(model.sde, ts)
         self.check_direction(ts)
-        return self._solve(model, x, ts, generator, denoise, progress, desc, keep_trajectory)
+        if pair:
+            self.check_pair(x, ts)
+        return self._solve(model, x, ts, generator, denoise, progress, desc, keep_trajectory, pair)
 
-    def _solve(self, model, x, ts, generator, denoise, progress, desc, keep_trajectory
-               ) -> SampleResult:
+    def check_pair(self, x: torch.Tensor, ts: torch.Tensor, name: str = "x") -> None:
+        """A latent pair ``(B, 2, ...)`` goes only to a :attr:`paired` sampler, backward in time."""
+        if not self.paired:
+            from . import paired
+
+            raise InputValueError(f"sampler {self.name!r} takes a single state, not a latent pair; "
+                                  f"samplers with pair latents: {', '.join(paired())}")
+        if float(ts[-1]) > float(ts[0]):
+            raise InputValueError("a latent pair is decoded (ts decreasing), not encoded again")
+        if x.dim() < 3 or x.shape[1] != 2:
+            raise InputValueError(
+                f"{name} has shape {tuple(x.shape)}; sampler {self.name!r} decodes the latent pair "
+                "(B, 2, ...) that its encode returned (to generate from a single x_T, use "
+                f"sd.sample(model, x_T=..., sampler={self.name!r}))")
+
+    def _solve(self, model, x, ts, generator, denoise, progress, desc, keep_trajectory,
+               pair: bool = False) -> SampleResult:
         """:meth:`solve` once its arguments are checked."""
         where = model.device
         if where is not None and x.device != where:
@@ -338,7 +370,8 @@ class Sampler:
         model.remember_times(ts)      # the grid's coefficients once, not per network call
         with self.observing(model, ts, x, progress=progress, desc=desc,
                             keep_trajectory=keep_trajectory) as observe:
-            out = self.run(model, x, ts, noise, observe)
+            out = (self.run_pair(model, x, ts, observe, pair) if self.paired
+                   else self.run(model, x, ts, noise, observe))
             if denoise:
                 out = model.x0(out, ts[-1])
         if not bool(torch.isfinite(out).all()):
