@@ -214,7 +214,7 @@ def cmd_likelihood(args) -> int:
     options = _solver_options(args)
     t_min = model.sde.t_min if args.t_min is None else args.t_min
     hutchinson = args.divergence == "hutchinson"
-    parts, nfe, seconds = [], 0, 0.0
+    parts, nfe, seconds, estimate_nfe = [], 0, 0.0, 0
     for start, batch in _my_batches(x, args.batch_size):
         if n_levels is not None and not args.no_dequantize:
             batch = dequantize(batch, n_levels, data_range, generator=seeds.shifted(start))
@@ -222,14 +222,16 @@ def cmd_likelihood(args) -> int:
                            generator=seeds.shifted(start), probes=args.probes, noise=args.noise,
                            t_min=t_min, steps=args.steps, return_info=True,
                            progress=rank_world()[0] == 0 and not args.no_progress, **options)
-        stderr = torch.full_like(r.nll, float("nan")) if r.stderr is None else r.stderr
-        parts.append((start, torch.stack([r.nll, stderr], 1)))
-        nfe, seconds = nfe + r.nfe, seconds + r.seconds
+        nan = torch.full_like(r.nll, float("nan"))
+        stderr = nan if r.stderr is None else r.stderr
+        error = nan if r.error_estimate is None else r.error_estimate
+        parts.append((start, torch.stack([r.nll, stderr, error], 1)))
+        nfe, seconds, estimate_nfe = nfe + r.nfe, seconds + r.seconds, estimate_nfe + r.estimate_nfe
         probes = r.probes
     gathered = gather(parts)
     if gathered is None:   # not rank 0: rank 0 reports
         return 0
-    nll, var = gathered[:, 0].double(), gathered[:, 1].double() ** 2
+    nll, var, error = gathered[:, 0].double(), gathered[:, 1].double() ** 2, gathered[:, 2].double()
     N, D = len(nll), x[0].numel()
     mean = float(nll.mean())
     se = float(nll.std() / math.sqrt(N)) if N > 1 else float("nan")
@@ -242,6 +244,10 @@ def cmd_likelihood(args) -> int:
     if hutchinson and not bool(var.isnan().any()):
         estimator = float(var.sum().sqrt() / N)
         lines.append(f"  Hutchinson estimator standard error of the mean NLL: {estimator:.3g} nats")
+    if not bool(error.isnan().all()):
+        bits = error / (D * math.log(2))
+        lines.append(f"  estimated solver error (Richardson against half the steps, {estimate_nfe} more "
+                     f"NFE): mean {float(bits.mean()):.2g}, max {float(bits.max()):.2g} bits/dim")
     if n_levels is not None:
         offset = dequantization_offset(n_levels, data_range)
         note = "dequantized" if not args.no_dequantize else "NOT dequantized: a meaningless bound"

@@ -27,7 +27,8 @@ one DDIM step up from the data (the naive inversion) to make the first pair.
 
 Stability: linearised, the two-step rule has roots ``1`` and ``-gamma``; its inverse ``1`` and
 ``-1/gamma``, so below ``gamma = 1`` the inversion amplifies round-off by ``1/gamma`` per step.
-``gamma = 1`` (default) is neutral both ways. Cost: one network call per step either way
+``gamma = 1`` (default) is neutral both ways; ``gamma = 0`` generates (plain DDIM) but
+cannot encode. Cost: one network call per step either way
 (``steps`` to generate or encode, ``steps - 1`` to decode a pair).
 """
 
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_float
+from ..checks import InputValueError, check_float
 from . import register
 from .base import Sampler
 from .ddim import ddim_coefficients
@@ -51,11 +52,14 @@ class BDIA(Sampler):
     defaults = {"schedule": "auto", "gamma": 1.0}
 
     def check_options(self):
-        check_float("gamma", self.options["gamma"], 0.0, 1.0, low_open=True)
+        check_float("gamma", self.options["gamma"], 0.0, 1.0)
         self.order = 2 if self.options["gamma"] == 1.0 else 1
 
     def run_pair(self, model, x, ts, observe, pair):
         up = float(ts[-1]) > float(ts[0])                # encoding: solve the relation upwards
+        if up and self.options["gamma"] == 0:
+            raise InputValueError("bdia with gamma=0 is DDIM, whose steps do not invert; encode "
+                                  "with gamma in (0, 1] (default 1)")
         c = 1 / self.options["gamma"] if up else self.options["gamma"]
         M = ts.numel() - 1
         a_next, b_next = (v.tolist() for v in ddim_coefficients(model.sde, ts, 0.0)[:2])
