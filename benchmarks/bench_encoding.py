@@ -56,12 +56,27 @@ ENCODERS = [
 ]
 #: Adaptive reference rows: dopri5 at these tolerances (the round trip of the default 1e-5 too).
 ADAPTIVE_TOLS = [1e-3, 1e-5]
-#: (method, schedule, steps): the likelihood solvers; <= 20 calls, then references and bad ones.
+#: (label, options): the likelihood solvers: the default, other one-call-per-step samplers at 20
+#: calls, the default at 10 and 40 calls, torchdiffeq's fixed-step methods, and bad
+#: configurations an error estimate must flag (the uniform grid, too few steps).
 LIKELIHOODS = [
-    ("rk4", "logsnr", 5), ("rk4", "auto", 5), ("rk4", "karras", 5), ("rk4", "edm", 5),
-    ("heun3", "logsnr", 6), ("midpoint", "logsnr", 10), ("rk4", "logsnr", 10),
-    ("rk4", "uniform", 10), ("euler", "uniform", 40), ("rk4", "logsnr", 2),
+    ("default: dpm_solver++ o3", {}),
+    ("dpm_solver++ o2", {"sampler": "dpm_solver++", "schedule": "logsnr", "steps": 19}),
+    ("unipc o3", {"sampler": "unipc", "order": 3, "schedule": "logsnr", "steps": 19}),
+    ("ipndm o3", {"sampler": "ipndm", "order": 3, "schedule": "logsnr", "steps": 19}),
+    ("default, 10 calls", {"steps": 9}),
+    ("default, 40 calls", {"steps": 39}),
+    ("rk4", {"method": "rk4", "schedule": "logsnr", "steps": 5}),
+    ("rk4", {"method": "rk4", "schedule": "logsnr", "steps": 10}),
+    ("heun3", {"method": "heun3", "schedule": "logsnr", "steps": 6}),
+    ("bad: rk4, uniform grid", {"method": "rk4", "schedule": "uniform", "steps": 10}),
+    ("bad: euler, uniform grid", {"method": "euler", "schedule": "uniform", "steps": 40}),
+    ("bad: default on quadratic", {"schedule": "quadratic"}),
 ]
+#: The held-out mixture the choice of the default never saw, beside gmm2d and gmm64.
+HELD_OUT = {"ring16 (held out)": lambda: ring_mixture(16, 6, 0.2, seed=7),
+            "ring2-5 (held out)": lambda: ring_mixture(2, 5, 0.1),
+            "mix32 (held out)": lambda: ring_mixture(32, 20, 0.15, seed=3)}
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -116,19 +131,19 @@ def inversion_rows(num: int, quick: bool) -> tuple[list[dict], dict]:
     return rows, reference
 
 
-def likelihood_row(model, x, exact, D: int, method, schedule, steps, offset: float, **kw) -> dict:
+def likelihood_row(model, x, exact, D: int, label: str, options: dict, offset: float, **kw) -> dict:
     """One solve's bits/dim, its error against ``exact`` (per-sample NLL in nats) and its
     reported estimate."""
-    options = {"method": method, "rtol": TIGHT, "atol": TIGHT} if method == "dopri5" else {
-        "method": method, "schedule": schedule, "steps": steps}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AccuracyWarning)
         r = sd.log_likelihood(model, x, return_info=True, **kw, **options)
     bpd = r.nll / (D * math.log(2)) + offset
     exact_bpd = None if exact is None else exact / (D * math.log(2)) + offset
     estimate = None if r.error_estimate is None else r.error_estimate / (D * math.log(2))
-    return {"method": method, "grid": schedule, "steps": steps, "nfe": r.nfe,
-            "estimate_nfe": r.estimate_nfe, "bpd": float(bpd.mean()), "nll": r.nll.tolist(),
+    grid = options.get("schedule", "logsnr" if "rtol" not in options else None)
+    return {"method": label, "solver": options.get("method", options.get("sampler", "dpm_solver++")),
+            "grid": grid, "steps": options.get("steps", 19 if "rtol" not in options else None),
+            "nfe": r.nfe, "estimate_nfe": r.estimate_nfe, "bpd": float(bpd.mean()), "nll": r.nll.tolist(),
             "error": None if exact_bpd is None else float((bpd - exact_bpd).mean()),
             "error_max": None if exact_bpd is None else float((bpd - exact_bpd).abs().max()),
             "estimate_mean": None if estimate is None else float(estimate.mean()),
@@ -137,7 +152,7 @@ def likelihood_row(model, x, exact, D: int, method, schedule, steps, offset: flo
 
 
 def likelihood_rows(num: int, quick: bool) -> list[dict]:
-    configs = LIKELIHOODS[:2] + LIKELIHOODS[-3:] if quick else LIKELIHOODS
+    configs = LIKELIHOODS[:1] + LIKELIHOODS[-3:] if quick else LIKELIHOODS
     rows = []
     model, _ = load_model(default_checkpoint())
     x = dequantize(load_digits().test[:num], 17, generator=torch.Generator().manual_seed(0))
@@ -146,26 +161,27 @@ def likelihood_rows(num: int, quick: bool) -> list[dict]:
     def probes():
         return {"generator": torch.Generator().manual_seed(1)}
 
-    tight = likelihood_row(model, x, None, D, "dopri5", None, None, offset, **probes())
+    tight = likelihood_row(model, x, None, D, f"dopri5, tol {TIGHT:g} (reference)",
+                           {"rtol": TIGHT, "atol": TIGHT}, offset, **probes())
     exact = torch.tensor(tight["nll"], dtype=torch.float64)
     rows.append({"problem": "digits", **tight, "error": 0.0, "error_max": 0.0})
-    for method, schedule, steps in configs:
-        rows.append({"problem": "digits", **likelihood_row(model, x, exact, D, method, schedule,
-                                                           steps, offset, **probes())})
-        print(rows[-1]["problem"], rows[-1]["method"], rows[-1]["grid"], rows[-1]["steps"],
-              rows[-1]["bpd"], rows[-1]["error"], rows[-1]["estimate_max"], flush=True)
+    for label, options in [("dopri5, tol 1e-5", {"rtol": 1e-5, "atol": 1e-5}),
+                           ("dopri5, tol 1e-3", {"rtol": 1e-3, "atol": 1e-3}), *configs]:
+        rows.append({"problem": "digits", **likelihood_row(model, x, exact, D, label, options, offset,
+                                                           **probes())})
+        print("digits", label, rows[-1]["bpd"], rows[-1]["error"], rows[-1]["estimate_mean"], flush=True)
     sde = sd.VPSDE()
-    mixtures = {"gmm2d": gmm2d(), "gmm64": gmm64(), "ring16 (held out)": ring_mixture(16, 6, 0.2, seed=7)}
-    for name, gmm in mixtures.items():
+    mixtures = {"gmm2d": gmm2d, "gmm64": gmm64, **HELD_OUT}
+    for name, make in mixtures.items():
+        gmm = make()
         data = gmm.sample(64 if quick else 256, generator=torch.Generator().manual_seed(2))
         exact = -gmm.log_prob(data, sde, sde.t_min)
         score = gmm.score_model(sde)
         D = data[0].numel()
-        for method, schedule, steps in configs:
-            rows.append({"problem": name, **likelihood_row(score, data, exact, D, method, schedule,
-                                                           steps, 0.0, divergence="exact")})
-            print(name, method, schedule, steps, rows[-1]["bpd"], rows[-1]["error"],
-                  rows[-1]["estimate_max"], flush=True)
+        for label, options in configs:
+            rows.append({"problem": name, **likelihood_row(score, data, exact, D, label, options, 0.0,
+                                                           divergence="exact")})
+            print(name, label, rows[-1]["bpd"], rows[-1]["error"], rows[-1]["estimate_mean"], flush=True)
     for row in rows:
         row.pop("nll")
     return rows
@@ -199,12 +215,15 @@ def markdown(inversion, reference, likelihood, meta) -> str:
               "log-density (bits/dim without dequantization offset). Error: mean signed; "
               "estimate: the Richardson estimate the solve reports (mean / max over samples, "
               "bits/dim; its calls apart).", "",
-              "| problem | method | grid | steps | calls | bits/dim | error | max abs error | "
-              "reported estimate mean / max (calls) | warned |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| problem | configuration | solver | grid | steps | calls | bits/dim | error | max abs error "
+              "| "
+              "reported estimate mean / max (calls) | warned |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in likelihood:
         est = (f"{fmt(r['estimate_mean'], '.2g')} / {fmt(r['estimate_max'], '.2g')} "
                f"({r['estimate_nfe']})" if r["estimate_mean"] is not None else "-")
-        lines.append(f"| {r['problem']} | {r['method']} | {r['grid'] or '-'} | {r['steps'] or 'adaptive'}"
+        lines.append(f"| {r['problem']} | {r['method']} | {r['solver']} | {r['grid'] or '-'} | "
+                     f"{r['steps'] or 'adaptive'}"
                      f" | {r['nfe']} | {r['bpd']:.4f} | {fmt(r['error'], '+.4f')} | "
                      f"{fmt(r['error_max'], '.4f')} | {est} | {'yes' if r['warned'] else 'no'} |")
     return "\n".join(lines) + "\n"

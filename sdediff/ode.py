@@ -597,7 +597,8 @@ def interpolate(model: ScoreModel, x_a: torch.Tensor, x_b: torch.Tensor, n: int,
 
     ``kwargs`` go to :func:`encode` and :func:`decode` alike (``sampler``, ``steps``, ``t_min``,
     ``method``, ``rtol``, ...). The default sampler is :data:`INTERPOLATE_SAMPLER`, the exact
-    encoder: the endpoints come back to round-off. A paired sampler's latent pairs are
+    encoder: the endpoints come back to round-off (``method``, ``rtol`` or ``atol`` without a
+    sampler select ``ode``). A paired sampler's latent pairs are
     interpolated member by member with the same weights. With ``return_latents=True`` returns
     ``(images, latents)``.
     """
@@ -609,7 +610,8 @@ def interpolate(model: ScoreModel, x_a: torch.Tensor, x_b: torch.Tensor, n: int,
         if bad in kwargs:
             raise InputValueError(f"unknown option {bad!r} for interpolate")
     B = x_a.shape[0]
-    kwargs.setdefault("sampler", INTERPOLATE_SAMPLER)
+    # the exact encoder, unless torchdiffeq's options name the ode solver
+    kwargs.setdefault("sampler", "ode" if {"method", "rtol", "atol"} & set(kwargs) else INTERPOLATE_SAMPLER)
     z = encode(model, torch.cat([x_a, x_b]), **kwargs)
     weights = torch.linspace(0, 1, n, dtype=torch.float64)
     if z.shape[1:] == x_a.shape[1:]:
