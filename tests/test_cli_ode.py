@@ -98,6 +98,26 @@ def test_digits_encode_decode_likelihood_interpolate(capsys, digits_run, tmp_pat
     assert strip.stat().st_size > 500
 
 
+def test_exact_encoder_round_trip_through_the_cli(capsys, digits_run, tmp_path):
+    """`--sampler bdia`: the latent pair (N, 2, ...) written, read back by decode, the round trip
+    at float32 rounding; the encoder's error estimate printed."""
+    lat = tmp_path / "pair.npy"
+    assert main(["encode", "--checkpoint", str(digits_run), "--data", "digits", "--num", "4",
+                 "--sampler", "bdia", "--steps", "6", "--out", str(lat), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "with bdia" in out and "NFE 6" in out
+    assert re.search(r"estimated relative latent error max [0-9.e+-]+ \(3 more NFE\)", out), out
+    assert np.load(lat).shape == (4, 2, 1, 8, 8)
+    assert main(["decode", "--checkpoint", str(digits_run), "--input", str(lat),
+                 "--out", str(tmp_path / "dec.png"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "decoded 4 latents with bdia" in out and "NFE 5" in out
+    assert number_after(out, "relative error max") < 1e-5
+    fails_with(capsys, ["decode", "--checkpoint", str(digits_run), "--input", str(lat), "--sampler",
+                        "ddim"], r"latents in '.*pair.npy' have shape \(4, 2, 1, 8, 8\); the checkpoint "
+                                 r"with sampler 'ddim' needs \(N, 1, 8, 8\)")
+
+
 def test_image_folder_input_is_8_bit(capsys, digits_run, tmp_path):
     from PIL import Image
 
@@ -147,7 +167,8 @@ def test_errors_are_one_line(capsys, points_run, digits_run, tmp_path):
     fails_with(capsys, ["decode", "--checkpoint", points, "--input", str(tmp_path / "notes.txt")],
                r"must be a latents .npy file written by `sdediff encode`")
     fails_with(capsys, ["decode", "--checkpoint", digits, "--input", str(tmp_path / "pts.npy")],
-               r"latents in .* have shape \(5, 2\); the checkpoint needs \(N, 1, 8, 8\)")
+               r"latents in .* have shape \(5, 2\); the checkpoint with sampler 'ode' needs "
+               r"\(N, 1, 8, 8\)")
     fails_with(capsys, ["likelihood", "--checkpoint", points, "--data", "gmm", "--probes", "0"],
                r"probes must be >= 1, got 0")
     fails_with(capsys, ["likelihood", "--checkpoint", points, "--data", "gmm", "--divergence",

@@ -222,9 +222,12 @@ def test_the_step_loop_keeps_every_tensor_on_the_state_device(name, options, for
     if per_sample:
         noise = SampleBrownian(SampleSeeds(0), x.shape, sde.T, device=x.device)
     model.remember_times(ts)
+    observe = Observer(ts, False, False, name, False, x)
     with torch.no_grad(), _HostToDevice(model) as copies:
-        out = sampler.run(model, x, ts, noise, Observer(ts, False, False, name, False, x))
-    assert out.device.type == "meta" and out.shape == x.shape
+        out = (sampler.run_pair(model, x, ts, observe, False) if sampler.paired
+               else sampler.run(model, x, ts, noise, observe))
+    pair = sampler.paired and forward                 # an encoding's latent pair (B, 2, ...)
+    assert out.device.type == "meta" and out.shape == ((3, 2, 2) if pair else x.shape)
     assert model.nfe >= 4 and set(d.type for d in seen) == {"meta"}
     assert copies.in_loop == [], f"{name}: host-to-device copies in the step loop"
 
