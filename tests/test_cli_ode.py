@@ -176,7 +176,9 @@ def test_errors_are_one_line(capsys, points_run, digits_run, tmp_path):
     fails_with(capsys, ["likelihood", "--checkpoint", points, "--data", "gmm",
                         "--divergence", "trace"], r"invalid choice: 'trace'")
     fails_with(capsys, ["likelihood", "--checkpoint", points, "--data", "gmm", "--num", "4",
-                        "-o", "tol=1"], r"unknown option 'tol' for sampler 'ode'")
+                        "-o", "tol=1"], r"unknown option 'tol' for sampler 'dpm_solver\+\+'")
+    fails_with(capsys, ["likelihood", "--checkpoint", points, "--data", "gmm", "--num", "4",
+                        "--sampler", "bdia"], r"log_likelihood: sampler 'bdia' cannot carry the likelihood")
     fails_with(capsys, ["interpolate", "--checkpoint", points, "--data", "gmm", "--pair", "0",
                         "99999"], r"--pair index must be <= ")
     fails_with(capsys, ["interpolate", "--checkpoint", points, "--data", "gmm",

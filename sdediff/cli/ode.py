@@ -220,7 +220,7 @@ def cmd_likelihood(args) -> int:
             batch = dequantize(batch, n_levels, data_range, generator=seeds.shifted(start))
         r = log_likelihood(model, batch.to(device), divergence=args.divergence,
                            generator=seeds.shifted(start), probes=args.probes, noise=args.noise,
-                           t_min=t_min, steps=args.steps, return_info=True,
+                           t_min=t_min, sampler=args.sampler, steps=args.steps, return_info=True,
                            progress=rank_world()[0] == 0 and not args.no_progress, **options)
         nan = torch.full_like(r.nll, float("nan"))
         stderr = nan if r.stderr is None else r.stderr
@@ -309,14 +309,16 @@ def _add_input_arguments(p, num: bool = True) -> None:
         p.add_argument("--num", type=int, help="only the first N examples")
 
 
-def _add_solver_arguments(p, sampler: bool = True, sampler_default: str | None = "ode") -> None:
+def _add_solver_arguments(p, sampler: bool = True, sampler_default: str | None = "ode",
+                          sampler_help: str | None = None) -> None:
     if sampler:
         from ..samplers import reversible
 
         fast = ", ".join(name for name in reversible() if name != "ode")
-        p.add_argument("--sampler", default=sampler_default,
-                       help=f"'ode' (torchdiffeq, default) or a reversible fixed-step sampler "
-                            f"({fast})")
+        default = ("the encoder's, from its .json" if sampler_default is None
+                   else sampler_default)
+        p.add_argument("--sampler", default=sampler_default, help=sampler_help or (
+            f"'ode' (torchdiffeq) or a reversible fixed-step sampler ({fast}); default: {default}"))
     p.add_argument("--steps", type=int, help="steps of a fixed-step method or sampler")
     p.add_argument("--method", help="torchdiffeq method for the ode solver (default dopri5)")
     p.add_argument("--rtol", type=float, help="relative tolerance (default 1e-5)")
@@ -359,9 +361,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-dequantize", action="store_true",
                    help="evaluate discrete data as they are (bits/dim is then not a valid bound)")
     p.add_argument("--out", help="write the per-example NLL in nats to this .npy")
-    _add_solver_arguments(p, sampler=False)
-    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="ode solver option, e.g. -o schedule=logsnr")
+    _add_solver_arguments(p, sampler_default=None, sampler_help=(
+        "default: dpm_solver++ (order 3, logsnr, 19 steps: 20 calls; --method or --rtol/--atol "
+        "select 'ode'); any one-call-per-step reversible sampler, or 'ode' (torchdiffeq)"))
     p.set_defaults(func=cmd_likelihood)
 
     p = sub.add_parser("interpolate", help="decoded spherical interpolation between two latents")
