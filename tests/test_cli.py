@@ -148,3 +148,28 @@ def test_a_bug_keeps_its_traceback_and_input_errors_are_one_line(monkeypatch, ca
     monkeypatch.setenv("SDEDIFF_TRACEBACK", "1")
     with pytest.raises(InputValueError, match="unknown colour 'mauve'"):
         main(["samplers"])
+
+
+def test_version_is_printed(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"sdediff {sd.__version__}"
+
+
+def test_ctrl_c_in_training_exits_130_and_says_how_to_resume(capsys, tmp_path, monkeypatch):
+    from sdediff.train import Trainer
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "gmm", "--out", str(run), "--steps", "3", "--batch-size", "16",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+
+    def stop(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "fit", stop)
+    assert main(["train", "--data", "gmm", "--out", str(run), "--steps", "6", "--resume",
+                 "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert re.search(r"sdediff: interrupted; the last checkpoint, .*step-0+3, holds step 3; continue "
+                     r"with: sdediff train --data gmm --out .*run --resume --steps 6", err), err

@@ -20,7 +20,10 @@ from .train import PRESETS
 
 
 def build_parser() -> Parser:
+    from .. import __version__
+
     parser = Parser(prog="sdediff", description="Score-based diffusion through SDEs and ODEs.")
+    parser.add_argument("--version", action="version", version=f"sdediff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     train.add_parser(sub)
     classifier.add_parser(sub)
@@ -55,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         # job as soon as one rank has exited.
         lines = str(err).splitlines()
         return fail(lines[0] if lines else type(err).__name__, every_rank=isinstance(err, RankLost))
-    except KeyboardInterrupt:
-        return fail("interrupted")
+    except KeyboardInterrupt:        # 128 + SIGINT, as a shell reports it
+        fail("interrupted")
+        return 130
     finally:
         leave()
 

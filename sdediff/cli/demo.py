@@ -157,9 +157,11 @@ def images_demo(args, out: Path, report: list[str], device=None) -> None:
     bdia_latent = z_bdia.x[:, 0].cpu()               # the pair's state at T
     plot_image_rows({"held-out digits": originals,
                      "dopri5 latents z = x(T)": z.x.clamp(-3, 3) / 3,
-                     f"dopri5 decode(encode(x)): {z.nfe} + {back.nfe} calls": back.x,
+                     f"dopri5 decode(encode(x)): {z.nfe} + {back.nfe} calls,\nmax error "
+                     f"{float(relative(back.x, originals).max()):.1e}": back.x,
                      f"bdia latents ({steps} steps)": bdia_latent.clamp(-3, 3) / 3,
-                     f"bdia decode(encode(x)): {z_bdia.nfe} + {back_bdia.nfe} calls": back_bdia.x.cpu()},
+                     f"bdia decode(encode(x)): {z_bdia.nfe} + {back_bdia.nfe} calls,\nmax error "
+                     f"{float(relative(back_bdia.x, originals).max()):.1e}": back_bdia.x.cpu()},
                     out / "digits_round_trip.png", data_range=(low, high))
     round_trip = (f"Round trip of {ROUND_TRIP} held-out digits, t_min = 1e-5. Through the "
                   f"probability-flow ODE (dopri5, rtol = atol = {ROUND_TRIP_TOL:g}): encode {z.nfe} "

@@ -158,6 +158,31 @@ def resumed_train(saved: dict, out: Path, **overrides) -> dict:
     return train
 
 
+#: Exit status of a run stopped by Ctrl-C (128 + SIGINT, the shell's convention).
+INTERRUPTED = 130
+
+
+def interrupted(out: Path, args, rank: int) -> int:
+    """After Ctrl-C: which step the last checkpoint holds and the command that continues from
+    it; exit status :data:`INTERRUPTED`."""
+    import shlex
+    import sys
+
+    from ..checkpoint import read_config, resolve_checkpoint
+
+    if rank == 0:
+        try:
+            folder = resolve_checkpoint(out)
+            held = f"the last checkpoint, {folder}, holds step {read_config(folder)['step']}"
+        except (OSError, ValueError, KeyError):
+            held = "no checkpoint was written yet (the run restarts from step 0)"
+        command = ["sdediff", "train", "--data", args.data, "--out", str(out), "--resume"]
+        if args.steps is not None:
+            command += ["--steps", str(args.steps)]
+        print(f"sdediff: interrupted; {held}; continue with: {shlex.join(command)}", file=sys.stderr)
+    return INTERRUPTED
+
+
 def _train(args, rank: int) -> int:
     import torch
 
@@ -218,7 +243,10 @@ def _train(args, rank: int) -> int:
             say(f"note: the run trained on {saved_world} process(es) and resumes on {world}: its "
                 f"global batch changes from {saved_world * config.batch_size} to "
                 f"{world * config.batch_size}, so it continues differently from an uninterrupted run")
-    stats = trainer.fit()
+    try:
+        stats = trainer.fit()
+    except KeyboardInterrupt:
+        return interrupted(out, args, rank)
     n_params = sum(p.numel() for p in net.parameters())
     final = "n/a" if stats["final_loss"] is None else f"{stats['final_loss']:.4f}"
     skipped = f", {len(trainer.skipped)} non-finite steps skipped" if trainer.skipped else ""
