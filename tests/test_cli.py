@@ -173,3 +173,13 @@ def test_ctrl_c_in_training_exits_130_and_says_how_to_resume(capsys, tmp_path, m
     err = capsys.readouterr().err
     assert re.search(r"sdediff: interrupted; the last checkpoint, .*step-0+3, holds step 3; continue "
                      r"with: sdediff train --data gmm --out .*run --resume --steps 6", err), err
+
+
+def test_an_output_name_of_another_kind_is_refused_before_any_work(capsys, tmp_path):
+    fails_with(capsys, ["sample", "--out", str(tmp_path / "s.txt"), "--num", "2"],
+               r"--out '.*s\.txt': this command writes \.npy or \.pt files; name it '.*s\.npy'")
+    fails_with(capsys, ["decode", "--input", str(tmp_path / "z.npy"), "--out", str(tmp_path / "dd.jpg")],
+               r"--out '.*dd\.jpg': this command writes \.png or \.npy files; name it '.*dd\.png'")
+    fails_with(capsys, ["encode", "--data", "digits", "--out", str(tmp_path / "z.png")],
+               r"--out '.*z\.png': this command writes \.npy files; name it '.*z\.npy'")
+    assert not list(tmp_path.iterdir())

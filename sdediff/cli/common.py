@@ -76,6 +76,19 @@ def parse_options(pairs: list[str]) -> dict:
     return options
 
 
+def output_file(out: str, allowed: tuple[str, ...], flag: str = "--out") -> Path:
+    """``--out`` as a ``Path`` with one of the ``allowed`` suffixes (the first when it has none).
+    Another suffix is refused, before any work, naming what the command writes: ``--out s.txt``
+    would otherwise write ``s.npy`` without a word."""
+    path = Path(out)
+    if path.suffix == "":
+        return path.with_suffix(allowed[0])
+    if path.suffix.lower() not in allowed:
+        raise InputValueError(f"{flag} {out!r}: this command writes {' or '.join(allowed)} files; name "
+                              f"it {str(path.with_suffix(allowed[0]))!r}")
+    return path
+
+
 def write_samples(x, out: Path, data_config: dict, data=None) -> list[Path]:
     """Samples as .npy (or .pt) plus a PNG: a scatter over the data's density for points,
     an image grid for images."""

@@ -10,6 +10,7 @@ from .common import (
     add_checkpoint_argument,
     add_device_argument,
     load_checkpoint_model,
+    output_file,
     parse_options,
     resolve_device,
     write_samples,
@@ -68,6 +69,7 @@ def cmd_inpaint(args) -> int:
     from .ode import load_examples
 
     check_int("--num", args.num, minimum=1)
+    out_file = output_file(args.out, (".npy", ".pt"))
     device = resolve_device(args.device)
     options = parse_options(args.option)
     if args.sampler is not None:
@@ -86,7 +88,7 @@ def cmd_inpaint(args) -> int:
                      progress=not args.no_progress,
                      **{k: v for k, v in method_args.items() if v is not None}, **options)
     out = result.x.cpu()
-    files = write_samples(out, Path(args.out), config["data"])
+    files = write_samples(out, out_file, config["data"])
     if config["data"].get("kind") == "images":
         shown = slice(0, FIGURE_EXAMPLES)
         shown_mask = mask[shown] if mask.dim() == x.dim() else mask

@@ -12,6 +12,7 @@ from .common import (
     add_device_argument,
     load_checkpoint_model,
     on_ranks,
+    output_file,
     parse_options,
     resolve_device,
     write_samples,
@@ -117,6 +118,7 @@ def cmd_encode(args) -> int:
 
     from ..ode import encode
 
+    out = output_file(args.out, (".npy",))
     device = init_distributed(resolve_device(args.device))
     model, config = load_checkpoint_model(args.checkpoint, device)
     x, what, _, _ = load_examples(args.data, args.input, args.num, config)
@@ -126,7 +128,6 @@ def cmd_encode(args) -> int:
                                                           args.sampler, args.steps, device)
     if z is None:          # not rank 0: rank 0 writes
         return 0
-    out = Path(args.out).with_suffix(".npy")
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, z.numpy())
     _sidecar(out).write_text(json.dumps(
@@ -152,6 +153,7 @@ def cmd_decode(args) -> int:
     from ..ode import decode
     from ..samplers import paired
 
+    out = output_file(args.out, (".png", ".npy"))
     device = init_distributed(resolve_device(args.device))
     model, config = load_checkpoint_model(args.checkpoint, device)
     path = Path(args.input)
@@ -180,7 +182,7 @@ def cmd_decode(args) -> int:
                                            device)
     if x is None:          # not rank 0: rank 0 writes
         return 0
-    files = write_samples(x, Path(args.out).with_suffix(".npy"), config["data"])
+    files = write_samples(x, out.with_suffix(".npy"), config["data"])
     message = (f"decoded {len(z)} latents with {sampler} (t_min {t_min:g}): NFE {nfe}, "
                f"{seconds:.2f} s{on_ranks()}")
     if meta.get("data") or meta.get("input"):
@@ -205,6 +207,8 @@ def cmd_likelihood(args) -> int:
 
     from ..ode import bits_per_dim, dequantization_offset, dequantize, log_likelihood
 
+    if args.out:
+        output_file(args.out, (".npy",))
     device = init_distributed(resolve_device(args.device))
     model, config = load_checkpoint_model(args.checkpoint, device)
     x, what, n_levels, data_range = load_examples(args.data, args.input, args.num, config)
@@ -259,7 +263,7 @@ def cmd_likelihood(args) -> int:
         lines.append("  continuous data (no number of levels): no bits/dim; pass --n-levels for "
                      "discrete data")
     if args.out:
-        out = Path(args.out).with_suffix(".npy")
+        out = output_file(args.out, (".npy",))
         out.parent.mkdir(parents=True, exist_ok=True)
         np.save(out, nll.numpy())
         lines.append(f"  wrote the per-example NLL (nats) to {out}")
@@ -274,6 +278,7 @@ def cmd_interpolate(args) -> int:
     from ..ode import interpolate
     from ..plotting import plot_points, save_image_grid
 
+    out = output_file(args.out, (".png", ".npy")).with_suffix(".png")
     device = resolve_device(args.device)
     model, config = load_checkpoint_model(args.checkpoint, device)
     x, what, _, _ = load_examples(args.data, args.input, None, config)
@@ -287,7 +292,6 @@ def cmd_interpolate(args) -> int:
     path = interpolate(model, a.to(device), b.to(device), args.num_steps, sampler=args.sampler,
                        steps=args.steps, t_min=t_min, progress=not args.no_progress,
                        **_solver_options(args)).cpu()
-    out = Path(args.out).with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out.with_suffix(".npy"), path.cpu().numpy())
     if config["data"].get("kind") == "images":

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .common import (
     add_checkpoint_argument,
     add_compile_argument,
@@ -11,6 +9,7 @@ from .common import (
     format_table,
     load_checkpoint_model,
     on_ranks,
+    output_file,
     parse_options,
     resolve_device,
     write_samples,
@@ -71,6 +70,7 @@ def cmd_sample(args) -> int:
     from ..streams import SampleSeeds
 
     check_int("--num", args.num, minimum=1)
+    out = output_file(args.out, (".npy", ".pt"))
     device = init_distributed(resolve_device(args.device))
     rank = rank_world()[0]
     model, config = load_checkpoint_model(args.checkpoint, device)
@@ -98,7 +98,7 @@ def cmd_sample(args) -> int:
             data = load_dataset(config["data"]["name"]).test
         except (ValueError, FileNotFoundError):
             data = None  # the training data is gone: plot the samples alone
-    files = write_samples(x, Path(args.out), config["data"], data)
+    files = write_samples(x, out, config["data"], data)
     guided = "" if evaluations == nfe else f" ({evaluations} network evaluations per sample)"
     which = "" if args.class_ is None else f" of class {args.class_} (guidance {args.guidance:g})"
     print(f"{args.sampler}: {args.num} samples{which}, NFE {nfe} per sample{guided}, {seconds:.2f} s"
