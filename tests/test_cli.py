@@ -183,3 +183,38 @@ def test_an_output_name_of_another_kind_is_refused_before_any_work(capsys, tmp_p
     fails_with(capsys, ["encode", "--data", "digits", "--out", str(tmp_path / "z.png")],
                r"--out '.*z\.png': this command writes \.npy files; name it '.*z\.npy'")
     assert not list(tmp_path.iterdir())
+
+
+def test_silent_surprises_are_errors_or_warnings(capsys, tmp_path):
+    """Issue 19 item 11: each surprise a new user met is now said."""
+    fails_with(capsys, ["sample", "--seed", "-1", "--num", "2", "--out", str(tmp_path / "s.npy")],
+               r"--seed must be >= 0, got -1")
+    fails_with(capsys, ["encode", "--data", "digits", "--num", "100000", "--out", str(tmp_path / "z.npy")],
+               r"--num 100000 exceeds the 359 examples of digits \(held-out split\); pass --num 359 or "
+               r"fewer")
+    run = tmp_path / "run"
+    assert main(["train", "--data", "gmm", "--out", str(run), "--steps", "2", "--batch-size", "16",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    fails_with(capsys, ["train", "--data", "gmm", "--out", str(run), "--resume", "--no-progress"],
+               r"the run's --steps 2 leaves nothing to train: the checkpoint in '.*run' is at step 2; "
+               r"pass --steps above 2")
+    # a diverging run says so
+    assert main(["train", "--data", "gmm", "--out", str(tmp_path / "hot"), "--steps", "30",
+                 "--batch-size", "16", "--lr", "1e3", "--no-progress"]) == 0
+    assert re.search(r"sdediff: warning: the loss rose from [0-9.e+]+ \(step \d+\) to [0-9.e+]+ "
+                     r"\(step 30\): training diverged; lower --lr \(this run: 1000\)",
+                     capsys.readouterr().err)
+    # latents without their .json: decoded with a note, and a corrupt .json is named
+    z = tmp_path / "z.npy"
+    assert main(["encode", "--checkpoint", str(run), "--data", "gmm", "--num", "4", "--out", str(z),
+                 "--method", "rk4", "--steps", "2", "--no-progress"]) == 0
+    assert "sdediff: warning: encode: the latent's estimated relative error" in capsys.readouterr().err
+    z.with_suffix(".json").write_text("{\n")
+    fails_with(capsys, ["decode", "--checkpoint", str(run), "--input", str(z), "--out",
+                        str(tmp_path / "d.png")], r"'.*z\.json' \(how the latents were encoded\) is not "
+                                                  r"valid JSON")
+    z.with_suffix(".json").unlink()
+    assert main(["decode", "--checkpoint", str(run), "--input", str(z), "--out", str(tmp_path / "d.png"),
+                 "--method", "rk4", "--steps", "2", "--no-progress"]) == 0
+    assert "note: no '" in capsys.readouterr().err

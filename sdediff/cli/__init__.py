@@ -9,6 +9,8 @@ error.
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 
 from ..checks import InputError, NumericalError
 from ..distributed import RankLost, leave
@@ -42,6 +44,13 @@ def build_parser() -> Parser:
 USER_ERRORS = (InputError, OSError, NumericalError)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the command's one line on stderr (``sdediff: warning: ...``), not Python's
+    ``file:line: Category: ...`` with the source line under it; rank 0 only under torchrun."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"sdediff: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a user error is one line on stderr and status 2, a bug a traceback."""
     import matplotlib
@@ -49,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")   # the command writes files only; a library import never does this
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return args.func(args)
     except USER_ERRORS as err:
         if os.environ.get("SDEDIFF_TRACEBACK", "") not in ("", "0"):
             raise

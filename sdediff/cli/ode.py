@@ -63,6 +63,9 @@ def load_examples(data: str | None, input_path: str | None, num: int | None, con
         x, what = _in_file_order(dataset), str(path)
     if num is not None:
         check_int("--num", num, minimum=1)
+        if num > len(x):
+            raise InputValueError(f"--num {num} exceeds the {len(x)} examples of {what}; pass --num "
+                                  f"{len(x)} or fewer")
         x = x[:num]
     shape = tuple(config["data"]["shape"])
     if tuple(x.shape[1:]) != shape:
@@ -165,7 +168,15 @@ def cmd_decode(args) -> int:
     except (OSError, ValueError) as err:
         raise InputValueError(f"cannot read {args.input!r} as a .npy array: {err}") from err
     # the encoder's settings, so that decoding inverts it (same t_min); flags override them
-    meta = json.loads(_sidecar(path).read_text()) if _sidecar(path).is_file() else {}
+    meta = {}
+    if _sidecar(path).is_file():
+        try:
+            meta = json.loads(_sidecar(path).read_text())
+        except ValueError as err:
+            raise InputValueError(f"{str(_sidecar(path))!r} (how the latents were encoded) is not valid "
+                                  f"JSON ({err}); restore it or delete it and pass --sampler, --steps "
+                                  "and --t-min as they were encoded") from err
+
     if args.sampler is not None:   # another solver than the encoder's: none of its settings
         meta = {k: v for k, v in meta.items() if k not in ("sampler", "steps", "options")}
     sampler = args.sampler or meta.get("sampler", "ode")
@@ -178,6 +189,12 @@ def cmd_decode(args) -> int:
     steps = args.steps if args.steps is not None else meta.get("steps")
     options = {**meta.get("options", {}), **_solver_options(args)}
     t_min = args.t_min if args.t_min is not None else meta.get("t_min", model.sde.t_min)
+    if not _sidecar(path).is_file() and rank_world()[0] == 0:
+        import sys
+
+        print(f"note: no {str(_sidecar(path))!r} beside the latents: decoding with the flags given "
+              "and the defaults, which invert `sdediff encode` only if it ran with them too",
+              file=sys.stderr)
     x, nfe, seconds, _, _ = _transport_all(decode, model, z, args, options, t_min, sampler, steps,
                                            device)
     if x is None:          # not rank 0: rank 0 writes

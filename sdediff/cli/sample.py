@@ -70,6 +70,7 @@ def cmd_sample(args) -> int:
     from ..streams import SampleSeeds
 
     check_int("--num", args.num, minimum=1)
+    check_int("--seed", args.seed, minimum=0)
     out = output_file(args.out, (".npy", ".pt"))
     device = init_distributed(resolve_device(args.device))
     rank = rank_world()[0]

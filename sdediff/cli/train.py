@@ -151,10 +151,12 @@ def resumed_train(saved: dict, out: Path, **overrides) -> dict:
     """The saved run's training settings with the flags given (``None``: keep), its ``steps``
     refused below the checkpoint's step."""
     train = saved["train"] | {k: v for k, v in overrides.items() if v is not None}
-    if train.get("steps", 0) < saved["step"]:
-        raise InputValueError(f"--steps {train['steps']} is below the step of the checkpoint in "
-                              f"{str(out)!r}; allowed: >= {saved['step']} (the total, not the "
-                              "steps still to go)")
+    if train.get("steps", 0) <= saved["step"]:
+        given = f"--steps {train['steps']}" if overrides.get("steps") is not None else \
+            f"the run's --steps {train['steps']}"
+        raise InputValueError(f"{given} leaves nothing to train: the checkpoint in {str(out)!r} is at "
+                              f"step {saved['step']}; pass --steps above {saved['step']} (the total, "
+                              "not the steps still to go)")
     return train
 
 
@@ -255,7 +257,35 @@ def _train(args, rank: int) -> int:
         f"({stats['examples_per_second']:.0f} examples/s), final loss {final}{skipped}")
     say(f"checkpoint: {resolve_checkpoint(out)}")
     say(f"loss log: {out / 'loss.csv'}  loss curve: {out / 'loss.png'}")
+    warning = divergence_warning(out / "loss.csv", config.lr)
+    if warning and rank == 0:
+        import sys
+
+        print(warning, file=sys.stderr)
     return 0
+
+
+#: The loss logged last above this multiple of the first logged loss: training diverged.
+DIVERGED = 10.0
+
+
+def divergence_warning(loss_csv: Path, lr: float) -> str | None:
+    """A one-line warning when the loss in ``loss_csv`` ends above :data:`DIVERGED` times where
+    it started (``--lr 1e3`` ends at 2.8e8), else ``None``."""
+    import csv
+    import math
+
+    if not loss_csv.is_file():
+        return None
+    with open(loss_csv, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("loss")]
+    if len(rows) < 2:
+        return None
+    first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
+    if math.isfinite(last) and last <= DIVERGED * first:
+        return None
+    return (f"sdediff: warning: the loss rose from {first:.4g} (step {rows[0]['step']}) to {last:.4g} "
+            f"(step {rows[-1]['step']}): training diverged; lower --lr (this run: {lr:g})")
 
 
 
