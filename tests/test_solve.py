@@ -231,3 +231,16 @@ def test_public_api():
 
     model, config = sd.load_model(default_checkpoint())
     assert isinstance(model, sd.ScoreModel) and config["data"]["name"] == "digits"
+
+
+def test_an_adaptive_solve_fills_its_progress_bar():
+    """Issue 19 item 15: the bar stopped at 999/1000 when the last reported time fell short."""
+    from sdediff.samplers.base import Observer
+
+    ts = torch.tensor([1.0, 1e-3], dtype=torch.float64)
+    observer = Observer(ts, True, True, "test", False, torch.zeros(1))
+    observer.at(1.5e-3)                          # the solver's last report, short of the end
+    assert observer.bar.n < observer.bar.total
+    observer.complete()
+    assert observer.bar.n == observer.bar.total == Observer.RESOLUTION
+    observer.close()

@@ -151,6 +151,13 @@ class Observer:
             self.bar.update(reached - self.done)
             self.done = reached
 
+    def complete(self) -> None:
+        """The integration reached ``ts[-1]``: fill an adaptive solver's bar (its last reported
+        time can fall a hair short of the end: 999/1000)."""
+        if self.by_time and self.done < self.RESOLUTION:
+            self.bar.update(self.RESOLUTION - self.done)
+            self.done = self.RESOLUTION
+
     def close(self) -> None:
         self.bar.close()
 
@@ -298,6 +305,7 @@ class Sampler:
         try:
             with grad:
                 yield observer
+            observer.complete()
         finally:
             observer.close()
             observer.nfe = model.nfe - nfe_before
