@@ -218,3 +218,25 @@ def test_silent_surprises_are_errors_or_warnings(capsys, tmp_path):
     assert main(["decode", "--checkpoint", str(run), "--input", str(z), "--out", str(tmp_path / "d.png"),
                  "--method", "rk4", "--steps", "2", "--no-progress"]) == 0
     assert "note: no '" in capsys.readouterr().err
+
+
+def test_every_flag_has_help_with_its_default(monkeypatch):
+    """Issue 19 item 12: no flag without a help text, and each default shown."""
+    import argparse
+
+    monkeypatch.setenv("COLUMNS", "400")             # no line wrapping inside a default
+
+    from sdediff.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in commands.choices.items():
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"sdediff {name} {action.option_strings or action.dest}: no help"
+        text = parser.format_help()
+        for action in parser._actions:
+            default = action.default
+            if default not in (None, False, argparse.SUPPRESS, []) and action.option_strings:
+                assert "default" in (action.help or "").lower() or f"(default: {default})" in " ".join(
+                    text.split()), f"sdediff {name} {action.option_strings}: its default {default!r}"

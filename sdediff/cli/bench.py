@@ -84,10 +84,10 @@ def add_parser(sub) -> None:
                    "amplify, would mask the solvers' errors) or float32 (as deployed)")
     p.add_argument("--out", default="bench", help="output folder (default ./bench)")
     p.add_argument("--num", type=int, help="samples per run (default 2000; digits 500; model 16)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the prior draws and noise")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the "
                    "mixtures' tensors are small, and timings are steadier; a large model gains "
                    "from more)")
     add_device_argument(p)   # digits and model problems; the exact mixtures run on the CPU
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench)

@@ -134,12 +134,13 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, help="total training steps (default 2000)")
     p.add_argument("--batch-size", type=int, help="default 512 for points, 128 for images")
     p.add_argument("--lr", type=float, help="default 1e-3")
-    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--checkpoint-every", type=int,
+                   help="steps between checkpoints (default: 1000 for points, 500 for images)")
     p.add_argument("--sde", choices=PROCESSES,
                    help=f"forward process (default: {DEFAULT_PROCESS}, as sdediff train): the "
                         "classifier must see the noise of the model it will guide")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the data split, the weights and the batches")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     add_device_argument(p)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train_classifier)

@@ -16,8 +16,25 @@ from ..checks import InputValueError
 PROCESSES = ("vp", "vp-cosine", "subvp", "ve", "discrete")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless it names it itself or has none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (default in (None, False, argparse.SUPPRESS) or default == [] or "default" in text.lower()
+                or "%(default)" in text):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and exit 2)."""
+    """argparse, but a usage error is one line (and exit 2), and every flag's help shows its
+    default (:class:`HelpFormatter`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         raise SystemExit(fail(message))

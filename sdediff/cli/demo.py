@@ -289,7 +289,7 @@ def cmd_demo(args) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="the main job on built-in data: every sampler on 2-D points "
                        "and on the bundled digits model")
-    p.add_argument("--out", default="sdediff-demo")
+    p.add_argument("--out", default="sdediff-demo", help="folder of report.md and its figures")
     p.add_argument("--data", default="8gaussians", help="the 2-D toy set of the points part")
     p.add_argument("--steps", type=int, default=2000, help="training steps of the points part")
     p.add_argument("--num", type=int, default=2000, help="samples per sampler (points part)")
@@ -297,5 +297,5 @@ def add_parser(sub) -> None:
                    "digits model)")
     p.add_argument("--no-images", action="store_true", help="the points part only")
     add_device_argument(p)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)

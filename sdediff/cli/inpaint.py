@@ -130,5 +130,5 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="sampler option (e.g. -o eta=0.5), or smc's kappa / ess_threshold")
     add_device_argument(p)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_inpaint)

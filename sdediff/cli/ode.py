@@ -346,12 +346,13 @@ def _add_solver_arguments(p, sampler: bool = True, sampler_default: str | None =
     p.add_argument("--atol", type=float, help="absolute tolerance (default 1e-5)")
     p.add_argument("--t-min", type=float, help="data end of the ODE (default the process's t_min: "
                    "1e-5 as Song et al.; 1/M for a diffusers model, its first index)")
-    p.add_argument("--batch-size", type=int, default=ODE_BATCH_SIZE)
+    p.add_argument("--batch-size", type=int, default=ODE_BATCH_SIZE,
+                   help="examples per solve (adaptive steps are shared within a batch)")
     add_device_argument(p)
     if sampler:
         p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                        help="solver option, e.g. -o schedule=logsnr")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def add_parsers(sub) -> None:
@@ -372,7 +373,8 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("likelihood", help="exact NLL (nats, bits/dim) by the probability-flow ODE")
     _add_input_arguments(p)
-    p.add_argument("--divergence", default="hutchinson", choices=("exact", "hutchinson"))
+    p.add_argument("--divergence", default="hutchinson", choices=("exact", "hutchinson"),
+                   help="exact trace (D products per call: small D) or Hutchinson's estimate")
     p.add_argument("--probes", type=int, help="Hutchinson probes per example (default 1)")
     p.add_argument("--noise", choices=("rademacher", "gaussian"),
                    help="Hutchinson probe distribution (default rademacher)")

@@ -156,5 +156,5 @@ def add_parsers(sub) -> None:
     add_class_arguments(p)
     add_device_argument(p)
     add_compile_argument(p)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sample)

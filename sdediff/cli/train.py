@@ -297,9 +297,12 @@ def add_parser(sub) -> None:
                         "(torchvision's MNIST files), a .npy file or an image folder")
     p.add_argument("--out", required=True, help="run directory (checkpoints, loss.csv, loss.png)")
     p.add_argument("--steps", type=int, help="total training steps (default per data kind)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--batch-size", type=int, help="examples per step and process (default: 512 for "
+                   "points, 128 for images)")
+    p.add_argument("--lr", type=float, help="peak AdamW learning rate (default: 1e-3 for points, "
+                   "5e-4 for images)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: 1000 "
+                   "for points, 500 for images)")
     p.add_argument("--micro-batches", type=int,
                    help="split each process's batch into this many parts, one forward and backward "
                         "each (gradient accumulation); with --batch-size N*B and --micro-batches N one "
@@ -309,9 +312,11 @@ def add_parser(sub) -> None:
     p.add_argument("--sde", choices=PROCESSES,
                    help=f"forward process (default: {DEFAULT_PROCESS}; discrete, diffusers' chain, for "
                         "--model diffusers-unet, which allows only that one)")
-    p.add_argument("--prediction", default="eps", choices=("eps", "x0", "v", "score"))
-    p.add_argument("--weighting", default="eps", choices=("eps", "likelihood"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prediction", default="eps", choices=("eps", "x0", "v", "score"),
+                   help="what the network predicts")
+    p.add_argument("--weighting", default="eps", choices=("eps", "likelihood"),
+                   help="loss weighting: eps (Ho et al.'s simple loss) or likelihood (g^2/sigma^2)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights, the batches and the noise")
     p.add_argument("--on-nonfinite", choices=("stop", "skip"),
                    help="a non-finite loss or gradient: stop, keeping the last good checkpoint "
                         "(default), or skip the step")
@@ -327,5 +332,5 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     add_compile_argument(p)
     add_device_argument(p)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
