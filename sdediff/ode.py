@@ -626,5 +626,6 @@ def interpolate(model: ScoreModel, x_a: torch.Tensor, x_b: torch.Tensor, n: int,
         path = slerp(z[:B], z[B:], weights)                       # (B, n, ...)
     else:                     # a latent pair (B, 2, ...): both members along the same weights
         path = torch.stack([slerp(z[:B, k], z[B:, k], weights) for k in range(2)], dim=2)
-    x = decode(model, path.reshape(B * n, *z.shape[1:]), **kwargs).reshape(B, n, *x_a.shape[1:])
+    decode_kwargs = {k: v for k, v in kwargs.items() if k != "error_estimate"}   # encode's alone
+    x = decode(model, path.reshape(B * n, *z.shape[1:]), **decode_kwargs).reshape(B, n, *x_a.shape[1:])
     return (x, path) if return_latents else x

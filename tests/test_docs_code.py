@@ -28,10 +28,14 @@ def python_blocks(page: Path) -> list[tuple[int, str, str | None]]:
     return blocks
 
 
-PAGES_WITH_CODE = [p for p in PAGES if python_blocks(p)]
+#: Pages whose code takes minutes (adaptive solves on the digits model, fitted grids): slow tests,
+#: until their examples are made cheap (issue 19).
+SLOW_PAGES = {"encoding.md", "fast_solvers.md"}
+PAGES_WITH_CODE = [pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW_PAGES else p
+                   for p in PAGES if python_blocks(p)]
 
 
-@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: p.name)
+@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: getattr(p, "name", str(p)))
 def test_python_blocks_run(page, tmp_path, monkeypatch):
     matplotlib.use("Agg")
     monkeypatch.chdir(tmp_path)
