@@ -141,7 +141,9 @@ def likelihood_row(model, x, exact, D: int, label: str, options: dict, offset: f
     exact_bpd = None if exact is None else exact / (D * math.log(2)) + offset
     estimate = None if r.error_estimate is None else r.error_estimate / (D * math.log(2))
     grid = options.get("schedule", "logsnr" if "rtol" not in options else None)
-    return {"method": label, "solver": options.get("method", options.get("sampler", "dpm_solver++")),
+    solver = options.get("method") or options.get("sampler") or (
+        "dopri5" if "rtol" in options else sd.ode.LIKELIHOOD_SAMPLER)
+    return {"method": label, "solver": solver,
             "grid": grid, "steps": options.get("steps", 19 if "rtol" not in options else None),
             "nfe": r.nfe, "estimate_nfe": r.estimate_nfe, "bpd": float(bpd.mean()), "nll": r.nll.tolist(),
             "error": None if exact_bpd is None else float((bpd - exact_bpd).mean()),
