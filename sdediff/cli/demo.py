@@ -129,7 +129,7 @@ def images_demo(args, out: Path, report: list[str], device=None) -> None:
                      "floor": f"{q.floor:.2f}", "ratio": f"{q.ratio:.2f}",
                      "smallest_class": f"{min(q.classes):.3f}",
                      "largest_class": f"{max(q.classes):.3f}"})
-        panels[f"{name}, {r.nfe} NFE: FD {q.frechet:.1f} (floor {q.floor:.1f})"] = x[:36]
+        panels[f"{name}, {r.nfe} NFE: FD {q.frechet:.1f} (floor {q.floor:.1f} at {len(x)})"] = x[:36]
         print(f"  {name:<14} NFE {r.nfe:>3}  {r.seconds:5.2f} s  Fréchet {q.frechet:6.2f} "
               f"(floor {q.floor:.2f}, ratio {q.ratio:.2f})")
     plot_image_panels(panels, out / "digits_samplers.png", ncols=len(IMAGE_NFE), nrow=6,
@@ -196,7 +196,10 @@ def images_demo(args, out: Path, report: list[str], device=None) -> None:
         f"Each sampler from the same {IMAGE_NUM} prior draws at {' and '.join(map(str, IMAGE_NFE))} "
         "NFE (network calls, counted; the final denoise included). Fréchet distance to the "
         "held-out digits in the features of a small digit classifier; the floor is as many "
-        "training digits against the held-out ones. Class fractions by the same classifier.", "",
+        "training digits against the held-out ones. Both fall as the sample count grows: at "
+        f"{IMAGE_NUM} samples the floor is {rows[0]['floor']} here, at the 1000 of "
+        "`benchmarks/bench_digits.py` 20.9 (`benchmarks/results/digits.md`), so compare a sampler "
+        "with the floor at its own count. Class fractions by the same classifier.", "",
         "```", samples_table, "```", "", "![samplers](digits_samplers.png)", "",
         round_trip, "", "![round trip](digits_round_trip.png)", "",
         "Spherical interpolation between the latents of two held-out digits, decoded:", "",
