@@ -119,6 +119,9 @@ def test_demo_images_part_with_the_bundled_model(capsys, tmp_path, monkeypatch):
     assert re.search(r"ddim\s+9\s+10\s", report)                  # 9 steps + final denoise = 10 NFE
     error = float(re.search(r"relative error max (\S+),", report).group(1))
     assert error < 1e-2
+    exact = re.search(r"bdia sampler \(20 steps\): encode 20 NFE, decode 19 NFE, relative error max (\S+),",
+                      report)
+    assert exact and float(exact.group(1)) < 1e-4                # the exact inverse, float32
     bpd = float(re.search(r"Likelihood: (\S+) \+- ", report).group(1))
     assert 0 < bpd < 4.09                                         # beats a uniform density
     # the bundled model is conditional: inpainting (every method) and the class x guidance grid
