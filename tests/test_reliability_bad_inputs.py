@@ -223,7 +223,7 @@ CLI = [
     ("--resume without a run", lambda e: train(e, "--resume", out=r(e, "fresh")),
      r"--resume given but '.*fresh' holds no checkpoint to resume"),
     ("--resume below its step", lambda e: train(e, "--resume", "--steps", "1", out=str(e["run"])),
-     r"--steps 1 is below the step of the checkpoint in '.*run'; allowed: >= 2"),
+     r"--steps 1 leaves nothing to train: the checkpoint in '.*run' is at step 2; pass --steps above 2"),
     ("--resume on other data", lambda e: ["train", "--data", "digits", "--out", str(e["run"]),
                                           "--resume", "--no-progress"],
      r"--data 'digits' has examples of shape \(1, 8, 8\) but the run in '.*run' was trained on "

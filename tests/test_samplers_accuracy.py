@@ -41,6 +41,13 @@ def fit_steps(order):
     return [20, 40, 80] if order == 2 else [80, 160, 320] if order == 3 else [40, 80, 160]
 
 
+#: Samplers whose declared (asymptotic) order shows only further out, measured on the logsnr grid:
+#: bdia (order 2) falls faster at first (3.4-3.6 from 20-80 steps on VP and sub-VP) and reads
+#: 2.0-2.2 from 80-320 on all three; edict (order 1) reads 1.9-2.7 below 160 steps and
+#: 1.0-1.07 from 320-1280.
+LATE_ORDER = {"bdia": [80, 160, 320], "edict": [320, 640, 1280]}
+
+
 @pytest.mark.parametrize("name", DETERMINISTIC)
 @pytest.mark.parametrize("sde", PROCESSES, ids=lambda s: repr(s)[:14])
 def test_converges_at_declared_order(name, sde, problems):
@@ -48,7 +55,7 @@ def test_converges_at_declared_order(name, sde, problems):
     # every process (its default order 3 reads 2.33 on VE there: not yet asymptotic)
     options = {"order": 4} if name == "ipndm" else {}
     order = sd.samplers.get(name, **options).order
-    steps = fit_steps(order)
+    steps = LATE_ORDER.get(name) or fit_steps(order)
     errs = errors(name, problems[repr(sde)], steps, **options)
     observed = slope(steps, errs)
     print(f"{name} on {sde!r}: errors {errs}, observed order {observed:.2f}")

@@ -26,6 +26,10 @@ MASK_HELP = ("left|right|top|bottom: that half of every image is hidden and inpa
 FIGURE_EXAMPLES = 16
 
 
+#: Examples ``sdediff inpaint`` takes when ``--num`` is not given (all, when there are fewer).
+INPAINT_DEFAULT_NUM = 8
+
+
 def make_mask(spec: str, shape: tuple[int, ...], num: int, generator):
     """The 0/1 mask (1 = observed) of ``--mask spec`` for ``num`` examples of ``shape``: shape
     ``shape`` for a named half, ``(num, *shape)`` for ``random:P``, the file's for a ``.npy``."""
@@ -68,7 +72,8 @@ def cmd_inpaint(args) -> int:
     from ..plotting import plot_inpainting
     from .ode import load_examples
 
-    check_int("--num", args.num, minimum=1)
+    if args.num is not None:
+        check_int("--num", args.num, minimum=1)
     out_file = output_file(args.out, (".npy", ".pt"))
     device = resolve_device(args.device)
     options = parse_options(args.option)
@@ -79,6 +84,8 @@ def cmd_inpaint(args) -> int:
     is_path = Path(args.input).exists() or args.input.lower().endswith(".npy")
     x, what, _, data_range = load_examples(None if is_path else args.input,
                                            args.input if is_path else None, args.num, config)
+    if args.num is None:        # the default is a cap: a smaller input is taken whole
+        x = x[:INPAINT_DEFAULT_NUM]
     generator = torch.Generator().manual_seed(args.seed)
     mask = make_mask(args.mask, tuple(config["data"]["shape"]), len(x), generator)
     method_args = {"particles": args.particles, "jump_length": args.jump_length,
@@ -122,8 +129,8 @@ def add_parser(sub) -> None:
                    help=f"repaint: steps per jump back up (default {REPAINT_JUMP_LENGTH})")
     p.add_argument("--resamplings", type=int,
                    help=f"repaint: passes through each jump (default {REPAINT_RESAMPLINGS})")
-    p.add_argument("--num", type=int, default=8, help="examples: the first --num of --input "
-                   "(default 8)")
+    p.add_argument("--num", type=int, help="examples: the first --num of --input (default: "
+                   f"{INPAINT_DEFAULT_NUM}, or all when there are fewer)")
     p.add_argument("--seed", type=int, default=0, help="seeds the random mask and every draw")
     p.add_argument("--out", default="inpainted.npy", help=".npy or .pt; a .png (original, masked, "
                    "inpainted) is written beside")
