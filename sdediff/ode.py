@@ -225,16 +225,17 @@ def _solver(model, sampler: str, steps, t_min, adjoint: bool, options: dict, for
 
 
 def _transport(model, x, forward: bool, sampler: str, steps, t_min, adjoint: bool,
-               progress: bool, options: dict, what: str) -> SampleResult:
+               progress: bool, options: dict, what: str):
     """Carry ``x`` along the probability-flow ODE from ``t_min`` to ``T`` (``forward``) or back;
-    a :attr:`~sdediff.samplers.base.Sampler.paired` sampler decodes its latent pair."""
+    a :attr:`~sdediff.samplers.base.Sampler.paired` sampler decodes its latent pair. Returns
+    ``(solver, result)``."""
     model, solver, ts = _solver(model, sampler, steps, t_min, adjoint, options, forward)
     check_batch(what, x)
     pair = solver.paired and not forward
     if pair:
         solver.check_pair(x, ts, what)
-    return solver.solve(model, x, ts, progress=progress, desc="encode" if forward else "decode",
-                        pair=pair)
+    return solver, solver.solve(model, x, ts, progress=progress,
+                                desc="encode" if forward else "decode", pair=pair)
 
 
 def encode(model: ScoreModel, x0: torch.Tensor, *, sampler: str = "ode", steps: int | None = None,
@@ -263,9 +264,10 @@ def encode(model: ScoreModel, x0: torch.Tensor, *, sampler: str = "ode", steps: 
     (:class:`~sdediff.checks.AccuracyWarning`). Adaptive solvers control their error by
     ``rtol``/``atol`` and report ``None``.
     """
-    result = _transport(model, x0, True, sampler, steps, t_min, adjoint, progress, options, "x0")
+    solver, result = _transport(model, x0, True, sampler, steps, t_min, adjoint, progress, options,
+                                "x0")
     if error_estimate and not adjoint:
-        _estimate_encoding_error(model, x0, result, sampler, options)
+        _estimate_encoding_error(model, x0, result, solver)
     return result if return_info else result.x
 
 
@@ -290,12 +292,11 @@ def step_ratio(ts: torch.Tensor) -> float:
     return (ts.numel() - 1) / (coarse_grid(ts).numel() - 1)
 
 
-def _estimate_encoding_error(model, x0, result: SampleResult, sampler: str, options: dict) -> None:
+def _estimate_encoding_error(model, x0, result: SampleResult, solver) -> None:
     """The relative error of a fixed-step encoding's latent, per sample, by Richardson against
     the same sampler on :func:`coarse_grid`: ``result.extra["error_estimate"]`` ``(B,)`` and
     ``["estimate_nfe"]``; warns (:class:`~sdediff.checks.AccuracyWarning`) above
     :data:`ENCODE_WARN_REL`. Adaptive solves control their error by ``rtol``/``atol`` instead."""
-    solver = samplers.get(sampler, **options)
     ts = result.times
     if solver.adaptive or ts.numel() < 3:
         result.extra.update(error_estimate=None, estimate_nfe=0)
@@ -310,7 +311,7 @@ def _estimate_encoding_error(model, x0, result: SampleResult, sampler: str, opti
         warnings.warn(
             f"encode: the latent's estimated relative error is {mean:.3g} (mean over the batch; > "
             f"{ENCODE_WARN_REL:g}, "
-            f"{sampler} with {ts.numel() - 1} steps against {coarse_grid(ts).numel() - 1}); take "
+            f"{solver.name} with {ts.numel() - 1} steps against {coarse_grid(ts).numel() - 1}); take "
             "more steps or another grid (schedule=...)", AccuracyWarning, stacklevel=3)
 
 
@@ -320,7 +321,7 @@ def decode(model: ScoreModel, z: torch.Tensor, *, sampler: str = "ode", steps: i
     """Data ``x(t_min)`` of latents ``z = x(T)``: the inverse of :func:`encode` with the same
     ``t_min`` and options. Any deterministic sampler may decode; the result equals
     ``sd.sample(model, x_T=z, sampler=..., t_end=t_min, denoise=False)``."""
-    result = _transport(model, z, False, sampler, steps, t_min, adjoint, progress, options, "z")
+    _, result = _transport(model, z, False, sampler, steps, t_min, adjoint, progress, options, "z")
     return result if return_info else result.x
 
 
@@ -529,7 +530,7 @@ def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hu
             steps = LIKELIHOOD_STEPS if steps is None else steps
     model, solver, ts = _solver(model, sampler, steps, t_min, adjoint, options, forward=True)
     if solver.paired or not solver.reversible:
-        allowed = [n for n in samplers.reversible() if not samplers.get(n).paired]
+        allowed = [n for n in samplers.reversible() if n not in samplers.paired()]
         raise InputValueError(f"log_likelihood: sampler {sampler!r} cannot carry the likelihood "
                               f"(a single-state reversible sampler is needed); allowed: {', '.join(allowed)}")
     v = None if divergence == "exact" else draw_probes(
