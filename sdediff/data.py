@@ -195,6 +195,18 @@ def gmm_distribution(dtype: torch.dtype = torch.float64) -> GaussianMixture:
     return GaussianMixture(*_gmm_parameters(dtype), labels=torch.arange(8))
 
 
+def toy_distribution(name: str, dtype: torch.dtype = torch.float64) -> GaussianMixture | None:
+    """The exact distribution of the toy set ``name`` where it is a Gaussian mixture (``8gaussians``,
+    ``gmm``; each component its own class), else ``None``: the exact log-density and modes of the
+    demo's metrics (:func:`sdediff.bench.metrics.off_mode_fraction`)."""
+    check_choice("toy data set", name, TOY_DATASETS)
+    if name == "gmm":
+        return gmm_distribution(dtype)
+    if name == "8gaussians":
+        return GaussianMixture(ring_means(8, _8GAUSS_RADIUS, dtype), _8GAUSS_STD, labels=torch.arange(8))
+    return None
+
+
 def _swissroll(n, g):
     t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g))
     x = torch.stack([t * t.cos(), t * t.sin()], 1) + torch.randn(n, 2, generator=g)
@@ -211,6 +223,7 @@ def _moons(n, g):
 
 
 def _8gaussians(n, g):
+    # the generator of toy_distribution("8gaussians")
     component = torch.randint(8, (n,), generator=g)
     return ring_means(8, _8GAUSS_RADIUS)[component] + _8GAUSS_STD * torch.randn(n, 2, generator=g), component
 

@@ -16,6 +16,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.image import imsave
+from matplotlib.patches import Patch, Rectangle
 
 
 def _subplots(nrows: int = 1, ncols: int = 1, *, figsize, **kwargs):
@@ -67,48 +68,66 @@ def _plot_limit(*tensors: torch.Tensor) -> float:
 def plot_points(panels: dict, data: torch.Tensor | None, png_path, ncols: int = 4,
                 size: float = 3.0) -> Path:
     """Scatter plots of 2-D samples side by side, one panel per entry of ``panels``
-    (title -> ``(n, 2)`` tensor), each over the data's density."""
+    (title -> ``(n, 2)`` tensor), each over the data's density (grey), with a legend on the first.
+    Markers grow as samples get fewer, so that 64 samples stay visible on the density."""
     names = list(panels)
     ncols = min(ncols, len(names))
     nrows = (len(names) + ncols - 1) // ncols
-    lim = _plot_limit(*panels.values(), *(() if data is None else (data,)))
+    # the frame fits the data where it is given, so a few far outliers cannot shrink it to a dot;
+    # samples beyond it are drawn on its edge and counted in the legend
+    lim = _plot_limit(*((data,) if data is not None else panels.values()))
     fig, axes = _subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
     for ax in axes.flat[len(names):]:
         ax.axis("off")
     for ax, name in zip(axes.flat, names, strict=False):
         if data is not None:
             _density_background(ax, data, lim)
-        xy = panels[name].detach().double().numpy()
-        ax.scatter(xy[:, 0], xy[:, 1], s=1.5, c="tab:orange", alpha=0.6, linewidths=0)
+        xy = panels[name].detach().double()
+        outside = int((xy.abs() > lim).any(dim=1).sum())
+        xy = xy.clamp(-lim, lim).numpy()
+        marker = min(12.0, max(1.5, 3000 / max(len(xy), 1)))
+        ax.scatter(xy[:, 0], xy[:, 1], s=marker, c="tab:orange", alpha=0.6 if marker < 4 else 0.85,
+                   linewidths=0, label=f"samples ({outside} beyond the frame, on its edge)"
+                   if outside else "samples")
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(name, fontsize=9)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if data is not None:
+        handles.append(Patch(color="0.55", label="data density"))
+    small = min(len(x) for x in panels.values()) > 750        # markers of 1.5 points: enlarge
+    axes.flat[0].legend(handles=handles, loc="upper right", fontsize=7, markerscale=3 if small else 1)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     return Path(png_path)
 
 
 def plot_trajectories(trajectory: torch.Tensor, data: torch.Tensor | None, png_path,
-                      n_paths: int = 64) -> Path:
-    """Probability-flow paths of 2-D points: ``trajectory`` ``(steps + 1, B, 2)`` from the prior
-    (grey dots) to the samples (orange dots)."""
+                      n_paths: int = 64, labels: tuple[str, str] = ("x_T (prior)", "x at t_end"),
+                      title: str = "probability-flow ODE trajectories") -> Path:
+    """Paths of 2-D points: ``trajectory`` ``(steps + 1, B, 2)``, the first ``n_paths`` drawn as
+    lines with a dot per step, from their starts (grey, ``labels[0]``) to their ends (orange,
+    ``labels[1]``), over the data's density: the flow's trajectories, or interpolation paths."""
     paths = trajectory[:, :n_paths].detach().double().numpy()
-    lim = _plot_limit(trajectory[0], trajectory[-1])
+    lim = _plot_limit(trajectory[0], trajectory[-1], *(() if data is None else (data,)))
     fig, ax = _subplots(figsize=(5.5, 5.5))
     if data is not None:
         _density_background(ax, data, lim)
     for k in range(paths.shape[1]):
-        ax.plot(paths[:, k, 0], paths[:, k, 1], lw=0.6, alpha=0.7, color="tab:blue")
-    ax.scatter(paths[0, :, 0], paths[0, :, 1], s=6, c="grey", label="x_T (prior)")
-    ax.scatter(paths[-1, :, 0], paths[-1, :, 1], s=6, c="tab:orange", label="x at t_end")
+        ax.plot(paths[:, k, 0], paths[:, k, 1], lw=0.8, alpha=0.8, color="tab:blue",
+                marker="." if len(paths) <= 20 else None, markersize=4)
+    ax.scatter(paths[0, :, 0], paths[0, :, 1], s=18, c="grey", edgecolors="k", linewidths=0.4,
+               label=labels[0], zorder=3)
+    ax.scatter(paths[-1, :, 0], paths[-1, :, 1], s=18, c="tab:orange", edgecolors="k",
+               linewidths=0.4, label=labels[1], zorder=3)
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.set_aspect("equal")
     ax.legend(loc="upper right", fontsize=8)
-    ax.set_title("probability-flow ODE trajectories")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     return Path(png_path)
@@ -174,13 +193,23 @@ def plot_image_panels(panels: dict, png_path, ncols: int = 2, nrow: int | None =
     return Path(png_path)
 
 
-def plot_image_rows(rows: dict, png_path, data_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+def plot_image_rows(rows: dict, png_path, data_range: tuple[float, float] = (-1.0, 1.0),
+                    endpoints: tuple[str, str] | None = None) -> Path:
     """Strips of images, one per entry of ``rows`` (label -> images ``(n, C, H, W)``), labelled
-    on the left: e.g. originals, latents and reconstructions, or interpolation paths."""
+    on the left: e.g. originals, latents and reconstructions, or interpolation paths. With
+    ``endpoints``, the first and last image of each strip are framed in red and named below the
+    last strip (e.g. ``("digit a", "digit b")``)."""
     fig, axes = _subplots(len(rows), 1, figsize=(9, 1.1 * len(rows) + 0.3), squeeze=False)
     for ax, (label, images) in zip(axes[:, 0], rows.items(), strict=True):
         _show(ax, tile_images(images, len(images), data_range))
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+        if endpoints is not None:
+            H, W, n = images.shape[-2], images.shape[-1], len(images)
+            for k in (0, n - 1):              # tile k spans [1 + k (W + 1), 1 + k (W + 1) + W)
+                ax.add_patch(Rectangle((0.5 + k * (W + 1), 0.5), W, H, fill=False, edgecolor="red",
+                                       linewidth=1.5))
+            ax.set_xticks([1 + (W - 1) / 2, 1 + (n - 1) * (W + 1) + (W - 1) / 2])
+            ax.set_xticklabels(endpoints if ax is axes[-1, 0] else ["", ""], fontsize=8)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     return Path(png_path)

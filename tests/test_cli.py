@@ -89,13 +89,29 @@ def test_samplers_table_lists_every_sampler(capsys):
 
 
 def test_demo_small(capsys, tmp_path):
-    assert main(["demo", "--out", str(tmp_path), "--steps", "30", "--num", "100", "--no-images",
-                 "--no-progress"]) == 0
+    """The points part on the bundled model: every sampler, scored by the mixture metrics beside
+    the same sampler on the exact score, and held-out data's row."""
+    assert main(["demo", "--out", str(tmp_path), "--num", "100", "--no-images", "--no-progress"]) == 0
     for name in ("samplers.png", "trajectories.png", "report.md"):
         assert (tmp_path / name).stat().st_size > 500
     report = (tmp_path / "report.md").read_text()
+    assert "The bundled MLP (`sdediff/pretrained/8gaussians`, trained 30000 steps" in report
+    assert "off_mode_%  exact_score_off_mode_%  log_p" in report
     for name in sd.samplers.available():
-        assert f"\n{name} " in report
+        assert re.search(rf"\n{re.escape(name)} .* \d+\.\d +\d+\.\d +-?\d+\.\d\d +-?\d+\.\d\d", report), name
+    held_out = re.search(r"\nheld-out data .* (\d+\.\d) +- +(-\d+\.\d\d)", report)
+    assert held_out and float(held_out.group(1)) < 5 and -1 < float(held_out.group(2)) < 0
+    assert "At the floor (off-mode within 1 point of held-out data's)" in report
+
+
+def test_demo_trains_with_steps(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(sd.samplers, "available", lambda: ["ddim", "unipc"])     # the training is the point
+    assert main(["demo", "--out", str(tmp_path), "--steps", "30", "--num", "50", "--no-images",
+                 "--no-progress", "--data", "swissroll"]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "An MLP trained here, 30 steps" in report and "(model/loss.png)" in report
+    assert (tmp_path / "model" / "loss.png").stat().st_size > 500
+    assert "off_mode" not in report                 # swissroll has no known density
 
 
 @pytest.mark.slow   # 45-90 s on 2 cores: `pytest -m slow`
@@ -118,7 +134,7 @@ def test_demo_images_part_with_the_bundled_model(capsys, tmp_path, monkeypatch):
     assert "## Images: the bundled digits model" in report
     assert re.search(r"ddim\s+9\s+10\s", report)                  # 9 steps + final denoise = 10 NFE
     error = float(re.search(r"relative error max (\S+),", report).group(1))
-    assert error < 1e-2
+    assert error < 0.1                                            # dopri5 at 1e-4
     exact = re.search(r"bdia sampler \(20 steps\): encode 20 NFE, decode 19 NFE, relative error max (\S+),",
                       report)
     assert exact and float(exact.group(1)) < 1e-4                # the exact inverse, float32

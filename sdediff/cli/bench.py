@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_device_argument, resolve_device
+from .common import OUTPUT_DIR, add_device_argument, resolve_device
 
 #: What to give when neither --problem nor --checkpoint is.
 NO_PROBLEM = ("give --problem (gmm2d, gmm64, digits, model) or --checkpoint PATH (any model: a run "
@@ -82,7 +82,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="float64", help="problem model: the network's and the "
                    "samples' dtype, float64 (default: float32 rounding, which the flow can "
                    "amplify, would mask the solvers' errors) or float32 (as deployed)")
-    p.add_argument("--out", default="bench", help="output folder (default ./bench)")
+    p.add_argument("--out", default=f"{OUTPUT_DIR}/bench", help="output folder")
     p.add_argument("--num", type=int, help="samples per run (default 2000; digits 500; model 16)")
     p.add_argument("--seed", type=int, default=0, help="seeds the prior draws and noise")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the "

@@ -14,6 +14,9 @@ from ..checks import InputValueError
 #: linear betas 1e-4 .. 0.02) as a continuous-time process: the one a run must train on to be
 #: exported as a diffusers pipeline (``sdediff export``).
 PROCESSES = ("vp", "vp-cosine", "subvp", "ve", "discrete")
+#: Where every command writes by default (``runs/samples.npy``, ``runs/demo/``, ...): one folder,
+#: which the repository's .gitignore covers, beside the training runs' ``runs/NAME``.
+OUTPUT_DIR = "runs"
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..checks import InputValueError
 from .common import (
+    OUTPUT_DIR,
     add_checkpoint_argument,
     add_device_argument,
     load_checkpoint_model,
@@ -132,8 +133,8 @@ def add_parser(sub) -> None:
     p.add_argument("--num", type=int, help="examples: the first --num of --input (default: "
                    f"{INPAINT_DEFAULT_NUM}, or all when there are fewer)")
     p.add_argument("--seed", type=int, default=0, help="seeds the random mask and every draw")
-    p.add_argument("--out", default="inpainted.npy", help=".npy or .pt; a .png (original, masked, "
-                   "inpainted) is written beside")
+    p.add_argument("--out", default=f"{OUTPUT_DIR}/inpainted.npy",
+                   help=".npy or .pt; a .png (original, masked, inpainted) is written beside")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="sampler option (e.g. -o eta=0.5), or smc's kappa / ess_threshold")
     add_device_argument(p)

@@ -8,6 +8,7 @@ from ..checks import InputValueError
 from ..distributed import gather, init_distributed, rank_world
 from ..streams import SampleSeeds
 from .common import (
+    OUTPUT_DIR,
     add_checkpoint_argument,
     add_device_argument,
     load_checkpoint_model,
@@ -293,7 +294,7 @@ def cmd_interpolate(args) -> int:
 
     from ..checks import check_int
     from ..ode import interpolate
-    from ..plotting import plot_points, save_image_grid
+    from ..plotting import plot_trajectories, save_image_grid
 
     out = output_file(args.out, (".png", ".npy")).with_suffix(".png")
     device = resolve_device(args.device)
@@ -315,8 +316,10 @@ def cmd_interpolate(args) -> int:
         save_image_grid(path.reshape(-1, *path.shape[2:]), out, nrow=args.num_steps,
                         data_range=tuple(config["data"].get("data_range", (-1, 1))))
     else:
-        plot_points({f"{what}: pair {i}-{j}": path[k] for k, (i, j) in enumerate(pairs)},
-                    None, out)
+        # one path per pair: (P, num_steps, D) -> (num_steps, P, 2), endpoints marked
+        plot_trajectories(path[..., :2].transpose(0, 1), x[:, :2], out, n_paths=len(pairs),
+                          labels=("start (example i)", "end (example j)"),
+                          title=f"latent interpolation of {what}: {len(pairs)} pair(s)")
     print(f"interpolated {len(pairs)} pair(s) of {what} in {args.num_steps} steps (slerp of the "
           f"latents, decoded); wrote {out} and {out.with_suffix('.npy')}")
     return 0
@@ -359,7 +362,7 @@ def add_parsers(sub) -> None:
     """``encode``, ``decode``, ``likelihood``, ``interpolate`` (:mod:`sdediff.ode`)."""
     p = sub.add_parser("encode", help="encode data to latents through the probability-flow ODE")
     _add_input_arguments(p)
-    p.add_argument("--out", default="latents.npy", help="latents .npy (a .json beside records "
+    p.add_argument("--out", default=f"{OUTPUT_DIR}/latents.npy", help="latents .npy (a .json beside records "
                    "t_min and the solver, so that `sdediff decode` inverts it)")
     _add_solver_arguments(p)
     p.set_defaults(func=cmd_encode)
@@ -367,7 +370,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("decode", help="decode latents back to data (the inverse of encode)")
     add_checkpoint_argument(p)
     p.add_argument("--input", required=True, help="latents .npy written by `sdediff encode`")
-    p.add_argument("--out", default="decoded.png", help="PNG (and .npy beside)")
+    p.add_argument("--out", default=f"{OUTPUT_DIR}/decoded.png", help="PNG (and .npy beside)")
     _add_solver_arguments(p, sampler_default=None)  # default: the encoder's, from its .json
     p.set_defaults(func=cmd_decode)
 
@@ -395,6 +398,6 @@ def add_parsers(sub) -> None:
                    help="indices of the two examples (repeatable; default 0 1)")
     p.add_argument("--num-steps", type=int, default=8, help="points along the path, endpoints "
                    "included")
-    p.add_argument("--out", default="interpolation.png", help="PNG strip (and .npy beside)")
+    p.add_argument("--out", default=f"{OUTPUT_DIR}/interpolation.png", help="PNG strip (and .npy beside)")
     _add_solver_arguments(p, sampler_default="bdia")
     p.set_defaults(func=cmd_interpolate)

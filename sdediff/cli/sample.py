@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .common import (
+    OUTPUT_DIR,
     add_checkpoint_argument,
     add_compile_argument,
     add_device_argument,
@@ -150,7 +151,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=int, default=SAMPLE_BATCH_SIZE,
                    help=f"samples per batch (default {SAMPLE_BATCH_SIZE}; bounds memory, and is "
                         "the unit of work of a rank under torchrun)")
-    p.add_argument("--out", default="samples.npy", help=".npy or .pt; a .png is written beside")
+    p.add_argument("--out", default=f"{OUTPUT_DIR}/samples.npy", help=".npy or .pt; a .png is written beside")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="sampler option, e.g. -o eta=0.5 -o schedule=logsnr")
     add_class_arguments(p)

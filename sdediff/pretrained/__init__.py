@@ -6,6 +6,10 @@
   ``docs/images.md`` and ``docs/guidance.md`` give the run's figures). A checkpoint folder like any other:
   ``config.json`` plus the EMA weights ``ema.safetensors``. Every command that takes
   ``--checkpoint`` uses it when none is given; in Python, ``sdediff.load_model(DIGITS)``.
+- ``8gaussians/``: the demo's points model, the MLP trained on the ``8gaussians`` toy set by
+  ``sdediff train --data 8gaussians --out runs/8gaussians --steps 30000`` (the points preset, ten
+  times its steps: the samples' off-mode fraction, not the loss, needs them; ``sdediff demo``
+  reports it). ``sdediff.load_model(POINTS)``.
 - ``digit_classifier.safetensors``: the feature network of the digits' Fréchet distance
   (:mod:`sdediff.bench.digit_features`).
 """
@@ -16,14 +20,28 @@ from pathlib import Path
 
 #: The bundled digits checkpoint folder.
 DIGITS = Path(__file__).resolve().parent / "digits"
+#: The bundled 2-D points checkpoint folder (``8gaussians``).
+POINTS = Path(__file__).resolve().parent / "8gaussians"
+#: Every bundled model by name (``python -m sdediff.pretrained RUN_DIR NAME`` writes one).
+BUNDLES = {"digits": DIGITS, "8gaussians": POINTS}
+
+
+def bundled(name: str = "digits") -> Path:
+    """The bundled checkpoint folder ``name`` (a key of :data:`BUNDLES`); a clear error if this
+    install lacks it."""
+    from ..checks import check_choice
+
+    check_choice("bundled model", name, tuple(BUNDLES))
+    folder = BUNDLES[name]
+    if not (folder / "config.json").is_file() or not (folder / "ema.safetensors").is_file():
+        raise FileNotFoundError(f"the bundled {name} model is missing from this install ({folder}); "
+                                "reinstall sdediff or pass --checkpoint RUN_DIR")
+    return folder
 
 
 def default_checkpoint() -> Path:
-    """The bundled digits checkpoint; a clear error if this install lacks it."""
-    if not (DIGITS / "config.json").is_file() or not (DIGITS / "ema.safetensors").is_file():
-        raise FileNotFoundError(f"the bundled digits model is missing from this install ({DIGITS}); "
-                                "reinstall sdediff or pass --checkpoint RUN_DIR")
-    return DIGITS
+    """The bundled digits checkpoint, the default of every ``--checkpoint``."""
+    return bundled("digits")
 
 
 def bundle_checkpoint(path, dest: Path = DIGITS) -> Path:
