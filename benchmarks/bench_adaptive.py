@@ -38,7 +38,6 @@ import argparse
 import json
 import math
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +46,7 @@ import torch
 import sdediff as sd
 from sdediff.bench.metrics import rms
 from sdediff.bench.problems import PROBLEMS, exact_pf_endpoint, pf_flow
+from sdediff.bench.report import add_output_arguments, results_folder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 T_END, BATCH, EVAL_SEED, CHECK_SEED = 1e-3, 256, 0, 1
@@ -208,11 +208,10 @@ def markdown(results: list[dict], meta: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="64 samples, seed 0 only, results in a temporary folder")
+    add_output_arguments(parser, RESULTS, "64 samples, seed 0 only")
     args = parser.parse_args()
     torch.set_num_threads(1)      # tiny batches: one thread is faster on a shared machine
-    out = Path(tempfile.mkdtemp(prefix="bench_adaptive_")) if args.quick else RESULTS
+    out = results_folder(args, RESULTS, "adaptive")
     out.mkdir(parents=True, exist_ok=True)
     batch = 64 if args.quick else BATCH
     seeds = (EVAL_SEED,) if args.quick else (EVAL_SEED, CHECK_SEED)

@@ -60,7 +60,6 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -69,6 +68,7 @@ import torch
 import sdediff as sd
 from sdediff.bench.metrics import energy_distance, two_sample_floor
 from sdediff.bench.problems import PROBLEMS, noisy_sample
+from sdediff.bench.report import add_output_arguments, results_folder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Where the mixtures' samplers stop (as ``sdediff bench``).
@@ -317,8 +317,7 @@ def main(argv=None) -> int:
                         help=f"rtol = atol of the pathwise reference (default {REFERENCE_TOL})")
     parser.add_argument("--digits", action="store_true", help="also the bundled digits model")
     parser.add_argument("--digits-num", type=int, default=200, help="digits per run")
-    parser.add_argument("--quick", action="store_true", help="a smoke run, to a temporary folder")
-    parser.add_argument("--out", help=f"output folder (default {RESULTS}; --quick: a temp folder)")
+    add_output_arguments(parser, RESULTS, "a smoke run")
     args = parser.parse_args(argv)
     if args.quick:
         for key in ("num", "repeats", "nfe", "tols"):
@@ -341,12 +340,7 @@ def main(argv=None) -> int:
         for value in values:
             if value not in allowed:
                 raise SystemExit(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
-    if args.out is not None:
-        out = Path(args.out)
-    else:
-        out = Path(tempfile.mkdtemp(prefix="bench_adaptive_sde_")) if args.quick else RESULTS
-    if args.quick and out.resolve() == RESULTS.resolve():
-        raise SystemExit(f"--quick never writes over the committed results in {RESULTS}")
+    out = results_folder(args, RESULTS, "adaptive_sde")
     start = time.perf_counter()
 
     def log(text):

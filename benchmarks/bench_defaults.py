@@ -43,7 +43,6 @@ import argparse
 import json
 import math
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -53,6 +52,7 @@ import sdediff as sd
 from sdediff.bench.digit_features import digits_frechet
 from sdediff.bench.metrics import rms
 from sdediff.bench.problems import exact_pf_endpoint, gmm2d, gmm64, ring_mixture
+from sdediff.bench.report import add_output_arguments, results_folder
 from sdediff.checkpoint import load_model
 from sdediff.pretrained import default_checkpoint
 
@@ -279,16 +279,12 @@ def markdown(rows, checks, scored, chosen, check_scored, meta, ve_rows) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="10 NFE only and 100 digits, written to a temporary folder")
-    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results; "
-                        "--quick: a temporary folder)")
+    add_output_arguments(parser, RESULTS, "10 NFE only and 100 digits")
     parser.add_argument("--rescore", action="store_true",
                         help="choose again from the rows of the existing defaults.json in the "
                         "output folder, without measuring (after a change of the choice rule)")
     args = parser.parse_args()
-    out = args.out or (Path(tempfile.mkdtemp(prefix="defaults_quick_")) if args.quick
-                       else RESULTS)
+    out = results_folder(args, RESULTS, "defaults")
     out.mkdir(parents=True, exist_ok=True)
     if args.rescore:
         saved = json.loads((out / "defaults.json").read_text())

@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import platform
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 
 import sdediff as sd
 from sdediff.bench.problems import gmm2d, gmm64, ring_mixture
+from sdediff.bench.report import add_output_arguments, results_folder
 from sdediff.checkpoint import load_model
 from sdediff.checks import AccuracyWarning
 from sdediff.data import load_digits
@@ -233,13 +233,10 @@ def markdown(inversion, reference, likelihood, meta) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="16 digits and fewer rows, written to a temporary folder")
-    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results; "
-                        "--quick: a temporary folder)")
+    add_output_arguments(parser, RESULTS, "16 digits and fewer rows")
     parser.add_argument("--part", choices=("all", "inversion", "likelihood"), default="all")
     args = parser.parse_args()
-    out = args.out or (Path(tempfile.mkdtemp(prefix="encoding_quick_")) if args.quick else RESULTS)
+    out = results_folder(args, RESULTS, "encoding")
     out.mkdir(parents=True, exist_ok=True)
     num = 16 if args.quick else NUM
     start = time.perf_counter()

@@ -62,7 +62,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -72,6 +71,7 @@ import sdediff as sd
 from sdediff.bench import kdiffusion, peers
 from sdediff.bench.metrics import rms
 from sdediff.bench.problems import PROBLEMS, exact_pf_endpoint, pf_flow
+from sdediff.bench.report import add_output_arguments, results_folder
 from sdediff.samplers.fitted import fit_grid
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -435,13 +435,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", type=int, default=400,
                         help="objective evaluations per fitted grid (default 400)")
-    parser.add_argument("--quick", action="store_true",
-                        help="fit one configuration per problem with 100 evaluations, and write "
-                        "to a fresh temporary folder (unless --out)")
+    add_output_arguments(parser, RESULTS, "fit one configuration per problem with 100 evaluations")
     parser.add_argument("--problems", default=",".join(PROBLEMS),
                         help=f"comma-separated problems (default {','.join(PROBLEMS)})")
-    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results; "
-                        "--quick: a temporary folder)")
     args = parser.parse_args()
     problems = [p.strip() for p in args.problems.split(",")]
     for p in problems:
@@ -449,8 +445,7 @@ def main():
             parser.error(f"unknown problem {p!r}; allowed: {', '.join(PROBLEMS)}")
     # tiny batches: one thread (two threads' sync costs more than the work on a shared machine)
     torch.set_num_threads(1)
-    out = args.out or (Path(tempfile.mkdtemp(prefix="fast_solvers_quick_")) if args.quick
-                       else RESULTS)
+    out = results_folder(args, RESULTS, "fast_solvers")
     out.mkdir(parents=True, exist_ok=True)
     iterations = 100 if args.quick else args.iterations
     fitted_configs = FITTED[-1:] if args.quick else FITTED

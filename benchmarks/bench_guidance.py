@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 
 from sdediff.bench import digits_by_budget
 from sdediff.bench.guidance import digits_by_guidance
+from sdediff.bench.report import add_output_arguments, results_folder
 from sdediff.checkpoint import load_classifier, load_model
 from sdediff.plotting import plot_image_panels
 from sdediff.pretrained import default_checkpoint
@@ -72,14 +72,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="default: the bundled digits model")
     parser.add_argument("--per-class", type=int, default=100)
-    parser.add_argument("--quick", action="store_true",
-                        help="20 per class, results to a temporary folder (never the committed ones)")
+    add_output_arguments(parser, RESULTS, "20 per class")
     parser.add_argument("--classifier", help="also classifier guidance with this noisy classifier "
                         "(a sdediff train-classifier run) on the model's null class")
-    parser.add_argument("--out", help=f"default: {RESULTS} (a temporary folder with --quick)")
     args = parser.parse_args()
     per_class = 20 if args.quick else args.per_class
-    out = Path(args.out or (tempfile.mkdtemp(prefix="bench_guidance_") if args.quick else RESULTS))
+    out = results_folder(args, RESULTS, "guidance")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     checkpoint = args.checkpoint or default_checkpoint()

@@ -61,7 +61,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -69,6 +68,7 @@ import torch
 
 import sdediff as sd
 from sdediff.bench.metrics import energy_distance, two_sample_floor
+from sdediff.bench.report import add_output_arguments, results_folder
 from sdediff.plotting import plot_inpainting
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -270,12 +270,10 @@ def main() -> None:
                         help="skip part 1 (its previous results in the JSON are kept)")
     parser.add_argument("--num-digits", type=int, default=200, help="held-out digits of part 2")
     parser.add_argument("--checkpoint", help="part 2's model (default: the bundled digits model)")
-    parser.add_argument("--quick", action="store_true",
-                        help="200 samples, no K=256, 10 digits; results to a temporary folder")
-    parser.add_argument("--out", help=f"default: {RESULTS} (a temporary folder with --quick)")
+    add_output_arguments(parser, RESULTS, "200 samples, no K=256, 10 digits")
     args = parser.parse_args()
     torch.set_num_threads(1)      # small batches on a shared machine: one thread is fastest
-    out = Path(args.out or (tempfile.mkdtemp(prefix="bench_imputation_") if args.quick else RESULTS))
+    out = results_folder(args, RESULTS, "imputation")
     out.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} thread"
     if not args.no_gmm:

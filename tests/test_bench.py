@@ -231,3 +231,36 @@ def test_no_core_module_imports_the_benchmark_harness():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", f"core module imports the harness: {done.stdout.strip()}"
     assert len(CORE) > 20                     # every sampler and net module is in the list
+
+
+def test_a_quick_benchmark_run_never_writes_the_committed_results(tmp_path):
+    """Issue 19 item 9: --quick writes to a fresh temporary folder, refuses the committed one,
+    and every script under benchmarks/ with a --quick goes through results_folder (or writes
+    under results/quick/, which .gitignore keeps out of the repository, or writes nothing)."""
+    import argparse
+    from pathlib import Path
+
+    from sdediff.bench.report import add_output_arguments, results_folder
+
+    results = tmp_path / "results"
+    parser = argparse.ArgumentParser()
+    add_output_arguments(parser, results, "fewer samples")
+    quick = results_folder(parser.parse_args(["--quick"]), results, "x")
+    assert quick.is_dir() and quick.resolve() != results.resolve() and "x_quick_" in quick.name
+    assert results_folder(parser.parse_args([]), results, "x") == results
+    assert results_folder(parser.parse_args(["--quick", "--out", str(tmp_path / "o")]), results,
+                          "x") == tmp_path / "o"
+    with pytest.raises(SystemExit, match="--quick never writes over the committed results"):
+        results_folder(parser.parse_args(["--quick", "--out", str(results)]), results, "x")
+    root = Path(__file__).resolve().parent.parent
+    own_folder = {"mnist_recipe.py", "bench_scale.py"}          # results/quick/ (ignored by git)
+    no_files = {"bench_ddim_overhead.py"}                       # --quick writes no file
+    assert "benchmarks/results/quick/" in (root / ".gitignore").read_text()
+    for script in sorted((root / "benchmarks").glob("*.py")):
+        text = script.read_text()
+        if "--quick" not in text:
+            continue
+        if script.name in own_folder:
+            assert '"quick"' in text, script.name
+        elif script.name not in no_files:
+            assert "results_folder(args" in text, f"{script.name}: --quick without results_folder"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -261,3 +262,26 @@ def summary_lines(result: BenchResult) -> list[str]:
                 lines.append(f"  {metric} at NFE {b}: best " + "; ".join(parts)
                              + ("" if floor is None else f"; floor {floor:.2e}"))
     return lines
+
+
+# ------------------------------------------------------------------ the benchmark scripts' output
+def add_output_arguments(parser, results: Path, quick: str) -> None:
+    """The ``--quick`` and ``--out`` flags of a script in ``benchmarks/``: ``quick`` says what a
+    quick run cuts; see :func:`results_folder` for where each writes."""
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{quick}; written to a temporary folder, never the committed results")
+    parser.add_argument("--out", type=Path,
+                        help=f"output folder (default {results}; --quick: a temporary folder)")
+
+
+def results_folder(args, results: Path, name: str) -> Path:
+    """Where a benchmark script writes: ``args.out`` when given, else a fresh temporary folder
+    (``name`` in its prefix) for ``args.quick`` and ``results`` (the committed figures) for a full
+    run. A quick run aimed at ``results`` is refused: its figures are not the ones to publish."""
+    if args.out is not None:
+        out = Path(args.out)
+        if args.quick and out.resolve() == Path(results).resolve():
+            raise SystemExit(f"--quick never writes over the committed results in {results}; "
+                             "give another --out or none (a temporary folder)")
+        return out
+    return Path(tempfile.mkdtemp(prefix=f"{name}_quick_")) if args.quick else Path(results)

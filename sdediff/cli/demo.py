@@ -189,8 +189,9 @@ def _points_verdict(rows: list[dict], held_out: dict) -> str:
         text += (f" Not at the floor: the other {len(missed)} ({share[0]:.1f}-{share[-1]:.1f}% off-mode). "
                  f"On the exact score {len(missed) - len(own)} of them reach it, so their gap is the "
                  "model's error"
-                 + (f"; {', '.join(own)} miss it there too, so theirs is also the sampler's at these "
-                    "steps." if own else "."))
+                 + (f"; {', '.join(own)} {'misses' if len(own) == 1 else 'miss'} it there too, so "
+                    f"{'its gap' if len(own) == 1 else 'theirs'} is also the sampler's at these steps."
+                    if own else "."))
     return text
 
 
@@ -251,7 +252,7 @@ def images_demo(args, out: Path, report: list[str], device=None) -> None:
     bdia_latent = z_bdia.x[:, 0].cpu()               # the pair's state at T
     plot_image_rows({"held-out digits": originals,
                      "dopri5 latents z = x(T)": z.x.clamp(-3, 3) / 3,
-                     f"dopri5 decode(encode(x)): {z.nfe} + {back.nfe} calls,\nmax error "
+                     f"dopri5 ({ROUND_TRIP_TOL:g}) decode(encode(x)): {z.nfe} + {back.nfe} calls,\nmax error "
                      f"{float(relative(back.x, originals).max()):.1e}": back.x,
                      f"bdia latents ({steps} steps)": bdia_latent.clamp(-3, 3) / 3,
                      f"bdia decode(encode(x)): {z_bdia.nfe} + {back_bdia.nfe} calls,\nmax error "
