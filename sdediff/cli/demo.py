@@ -1,8 +1,10 @@
 """``sdediff demo``: the main job on built-in data, written up in one ``report.md``.
 
-1. **Points**: train an MLP on a 2-D toy set (seconds), then every registered sampler; each
-   sampler's samples over the data density, probability-flow trajectories, and the energy
-   distance to held-out points beside the two-sample floor.
+1. **Points**: the bundled 2-D MLP (``8gaussians``; ``--steps N`` trains one here), then every
+   registered sampler; each sampler's samples over the data density, probability-flow
+   trajectories, the energy distance to held-out points beside the two-sample floor and, where the
+   density is known, the off-mode share and exact log-density of the samples beside held-out
+   data's and beside the same sampler's on the exact score.
 2. **Images**, with the bundled digits model (:mod:`sdediff.pretrained`; no training): several
    samplers at 10 and 50 NFE side by side with their Fréchet distance in classifier features
    (:mod:`sdediff.bench.digit_features`) and its real-vs-real floor; an encode -> decode round trip
@@ -92,8 +94,8 @@ def _points_model(args, dataset, out: Path, device=None):
 
 
 def points_demo(args, out: Path, report: list[str], device=None) -> None:
-    """Train an MLP on a toy set and run every sampler on ``device``; appends its section to
-    ``report``. Where the toy set's density is known (:func:`~sdediff.data.toy_distribution`),
+    """Every sampler on the points model (:func:`_points_model`) on ``device``; appends its section
+    to ``report``. Where the toy set's density is known (:func:`~sdediff.data.toy_distribution`),
     each sampler is also scored by the off-mode fraction and the exact mean log-density, and run
     on the exact score from the same seed: the model's error and the sampler's apart."""
     import torch
