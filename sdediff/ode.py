@@ -520,6 +520,7 @@ def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hu
     else:
         P = check_int("probes", 1 if probes is None else probes, minimum=1)
         noise = check_choice("noise", "rademacher" if noise is None else noise, PROBE_NOISES)
+    default = sampler is None and not options      # the default solver: its warning's advice differs
     if sampler is None:
         if {"method", "rtol", "atol"} & set(options):
             sampler = "ode"
@@ -555,7 +556,8 @@ def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hu
                 f"log_likelihood: estimated error {mean:.3g} bits/dim (mean over the batch; > "
                 f"{LIKELIHOOD_WARN_BITS:g}; {solver.options.get('method', sampler)!r}, "
                 f"{ts.numel() - 1} steps on {grid!r} against {coarse_grid(ts).numel() - 1}); take "
-                "more steps, use the default solver, or an adaptive one (rtol=...)",
+                f"more steps{'' if default else ', use the default solver,'} or an adaptive one "
+                "(rtol=...)",
                 AccuracyWarning, stacklevel=2)
     if not return_info:
         return nll

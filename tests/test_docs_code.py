@@ -2,7 +2,7 @@
 executed, the blocks of one file in order in one namespace, in a temporary working folder; every
 ``sdediff`` command of their ```bash blocks runs too (a slow test), the commands of one file in
 order in one folder, with the small step counts README.md states (:func:`quick`). A block that
-must not run is preceded by a line ``<!-- not run: REASON -->`` that states why."""
+must not run is preceded by a visible line ``*(not run by the doc tests: REASON)*``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-SKIP = re.compile(r"<!-- not run: (?P<reason>[^>]+?) -->")
+SKIP = re.compile(r"\*\(not run by the doc tests: (?P<reason>[^\n]+?)\)\*")
 
 
 def code_blocks(page: Path, language: str) -> list[tuple[int, str, str | None]]:
@@ -62,9 +62,14 @@ def test_python_blocks_run(page, tmp_path, monkeypatch):
 
 
 def test_skip_markers_give_a_reason():
+    """Each skip marker is visible (not an HTML comment), gives a reason of 3 words or more and
+    stands right before a code block."""
     for page in PAGES:
-        for match in re.finditer(r"<!-- not run", page.read_text()):
-            assert SKIP.match(page.read_text(), match.start()), f"{page.name}: a skip marker without reason"
+        text = page.read_text()
+        assert "<!-- not run" not in text, f"{page.name}: a hidden skip marker"
+        for match in SKIP.finditer(text):
+            assert len(match.group("reason").split()) >= 3, f"{page.name}: say why the block does not run"
+            assert text.startswith("\n```", match.end()), f"{page.name}: a skip marker without its block"
 
 
 # ------------------------------------------------------------------ the commands of bash blocks

@@ -168,9 +168,14 @@ def test_likelihood_estimate_flags_a_bad_grid():
     model, _ = load_model(default_checkpoint())
     x = sd.ode.dequantize(load_digits().test[:8], 17, generator=torch.Generator().manual_seed(0))
     expected = (r"log_likelihood: estimated error [0-9.e+-]+ bits/dim \(mean over the batch; > 0.02; "
-                r"'rk4', 10 steps on 'uniform' against 5\)")
+                r"'rk4', 10 steps on 'uniform' against 5\); take more steps, use the default solver, "
+                r"or an adaptive one")
     with pytest.warns(AccuracyWarning, match=expected):
         r = sd.log_likelihood(model, x, method="rk4", steps=10, schedule="uniform", return_info=True,
                               generator=torch.Generator().manual_seed(1))
     # far off (the solve is -10 bits/dim off; Richardson, outside its asymptotic range, sees 0.9)
     assert float(r.error_estimate.mean()) / (64 * math.log(2)) > 0.5
+    # the default solver with too few steps is not told to use the default solver
+    with pytest.warns(AccuracyWarning, match=r"5 steps on 'logsnr' against 3\); take more steps or an "
+                      r"adaptive one \(rtol=\.\.\.\)"):
+        sd.log_likelihood(model, x, steps=5, generator=torch.Generator().manual_seed(1))
