@@ -215,13 +215,19 @@ def plot_image_rows(rows: dict, png_path, data_range: tuple[float, float] = (-1.
     return Path(png_path)
 
 
+#: Legend entries :func:`plot_vs_nfe` fits in one column beside its axes.
+LEGEND_ROWS = 20
+
+
 def plot_vs_nfe(series: dict, png_path, ylabel: str, title: str = "", floor: float | None = None,
                 dashed=(), same_color: dict | None = None) -> Path:
     """A quantity against NFE on log-log axes, one line per entry of ``series`` (label ->
     ``(nfe_list, value_list)``); labels in ``dashed`` (e.g. peers) are drawn dashed, a label
     mapped by ``same_color`` to another takes that one's color, and ``floor`` (the value of a
     perfect sampler) is a dotted black line. Non-positive values are left out."""
-    fig, ax = _subplots(figsize=(7.5, 4.8))
+    # a legend taller than the axes is cut at the figure's edge: two columns past LEGEND_ROWS
+    columns = 1 if len(series) + (floor is not None) <= LEGEND_ROWS else 2
+    fig, ax = _subplots(figsize=(7.5 + 2.0 * (columns - 1), 4.8))
     palette = colormaps["tab20"].colors
     dashed, same_color = set(dashed), same_color or {}
     keys = list(dict.fromkeys(same_color.get(label, label) for label in series))
@@ -243,7 +249,8 @@ def plot_vs_nfe(series: dict, png_path, ylabel: str, title: str = "", floor: flo
     if title:
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False,
+              ncol=columns)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     return Path(png_path)
