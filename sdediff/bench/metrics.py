@@ -53,6 +53,15 @@ def two_sample_floor(draw: Callable[[int, torch.Generator], torch.Tensor], n: in
     return sum(energy_distance(draw(n, g), draw(n, g)) for _ in range(repeats)) / repeats
 
 
+def _flat_like(x: torch.Tensor, mixture, what: str) -> torch.Tensor:
+    """:func:`_flat` samples, refused (naming ``what``) unless of the mixture's dimension."""
+    flat = _flat(x)
+    if flat.shape[1] != mixture.dim:
+        raise InputValueError(f"{what}: samples of dimension {flat.shape[1]}, mixture of "
+                              f"dimension {mixture.dim}")
+    return flat
+
+
 def off_mode_fraction(x: torch.Tensor, mixture, radius: float = 3.0) -> float:
     """Fraction of the samples ``x`` ``(n, ...)`` whose Mahalanobis distance to every component of
     ``mixture`` exceeds ``radius``: ``min_k |(x - mu_k) / s_k| > radius``. A sample from the
@@ -60,10 +69,7 @@ def off_mode_fraction(x: torch.Tensor, mixture, radius: float = 3.0) -> float:
     2-D (1.1% at 3); points on the bridges between modes count in full."""
     if radius <= 0:
         raise InputValueError(f"radius must be > 0, got {radius}")
-    flat = _flat(x)
-    if flat.shape[1] != mixture.dim:
-        raise InputValueError(f"off_mode_fraction: samples of dimension {flat.shape[1]}, mixture of "
-                              f"dimension {mixture.dim}")
+    flat = _flat_like(x, mixture, "off_mode_fraction")
     means, stds = mixture.means.double().cpu(), mixture.stds.double().cpu()
     distance = ((flat[:, None] - means[None]) / stds[None]).norm(dim=-1)      # (n, K)
     return float((distance.min(dim=1).values > radius).double().mean())
@@ -73,10 +79,7 @@ def mean_log_density(x: torch.Tensor, mixture) -> float:
     """Mean exact log-density ``mean_i log p(x_i)`` of the samples ``x`` ``(n, ...)`` under
     ``mixture`` (nats; float64). Its gap to held-out data's value is a cross-entropy gap: it falls
     for every sample put where the data is rare."""
-    flat = _flat(x)
-    if flat.shape[1] != mixture.dim:
-        raise InputValueError(f"mean_log_density: samples of dimension {flat.shape[1]}, mixture of "
-                              f"dimension {mixture.dim}")
+    flat = _flat_like(x, mixture, "mean_log_density")
     return float(mixture.log_prob(flat.to(mixture.means)).double().mean())
 
 
