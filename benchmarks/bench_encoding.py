@@ -17,8 +17,16 @@ against ``dopri5`` at :data:`TIGHT`; and on the mixtures ``gmm2d``, ``gmm64`` an
 over samples, bits/dim) and whether the solve warned. Deliberately bad configurations (uniform
 grid, too few steps) are in the table: a trustworthy estimate flags them.
 
+**Two dimensions** (``--part low-dim``, its own files ``likelihood_2d.{json,md}``): why the 20-call
+default misses 0.01 bits/dim on 2-D mixtures. On ``gmm2d``, the held-out 5-component ring and two
+more 2-D rings the default never saw (3 components of std 0.2, 12 of std 0.08), and ``gmm64`` for
+contrast (exact divergence, 256 draws, seed 2): the default at 20, 40, 80 and 160 calls, other
+grids and ``unipc`` at 20 calls, and dopri5 at 1e-3 and 1e-4. Columns: the mean and median signed
+error per sample (bits/dim), the share of samples more than 0.1 bits/dim off, the largest error.
+
     python benchmarks/bench_encoding.py            # writes benchmarks/results/encoding.{json,md,png}
     python benchmarks/bench_encoding.py --quick    # 16 digits, fewer rows; a temporary folder
+    python benchmarks/bench_encoding.py --part low-dim    # the 2-D table only (about a minute)
 
 A quick run never overwrites the committed results (``--out`` to choose its folder).
 """
@@ -74,6 +82,14 @@ LIKELIHOODS = [
     ("bad: default on quadratic", {"schedule": "quadratic"}),
 ]
 #: The held-out mixture the choice of the default never saw, beside gmm2d and gmm64.
+#: (label, options): the 2-D convergence table (``--part low-dim``).
+LOW_DIM_CONFIGS = [
+    *[(f"default, {steps + 1} calls", {"steps": steps}) for steps in (19, 39, 79, 159)],
+    *[(f"default on {grid}, 20 calls", {"schedule": grid}) for grid in ("edm", "karras", "uniform")],
+    ("unipc o3, 20 calls", {"sampler": "unipc", "order": 3, "schedule": "logsnr", "steps": 19}),
+    ("dopri5, tol 1e-3", {"rtol": 1e-3, "atol": 1e-3}),
+    ("dopri5, tol 1e-4", {"rtol": 1e-4, "atol": 1e-4}),
+]
 HELD_OUT = {"ring16 (held out)": lambda: ring_mixture(16, 6, 0.2, seed=7),
             "ring2-5 (held out)": lambda: ring_mixture(2, 5, 0.1),
             "mix32 (held out)": lambda: ring_mixture(32, 20, 0.15, seed=3)}
@@ -189,6 +205,45 @@ def likelihood_rows(num: int, quick: bool) -> list[dict]:
     return rows
 
 
+def low_dim_rows() -> list[dict]:
+    """Per-sample errors of :data:`LOW_DIM_CONFIGS` on 2-D mixtures (and ``gmm64``) against the
+    exact ``log p_{t_min}``, in bits/dim."""
+    sde = sd.VPSDE()
+    mixtures = {"gmm2d": gmm2d, "ring2-5 (held out)": HELD_OUT["ring2-5 (held out)"],
+                "ring2-3, std 0.2 (held out)": lambda: ring_mixture(2, 3, 0.2),
+                "ring2-12, std 0.08 (held out)": lambda: ring_mixture(2, 12, 0.08), "gmm64": gmm64}
+    rows = []
+    for name, make in mixtures.items():
+        gmm = make()
+        data = gmm.sample(256, generator=torch.Generator().manual_seed(2))
+        exact = -gmm.log_prob(data, sde, sde.t_min)
+        D = data[0].numel()
+        for label, options in LOW_DIM_CONFIGS:
+            r = sd.log_likelihood(gmm.score_model(sde), data, divergence="exact", return_info=True,
+                                  error_estimate=False, **options)
+            error = (r.nll - exact) / (D * math.log(2))
+            rows.append({"problem": name, "dim": D, "method": label, "nfe": r.nfe,
+                         "mean": float(error.mean()), "median": float(error.median()),
+                         "over_0.1": float((error.abs() > 0.1).double().mean()),
+                         "max_abs": float(error.abs().max())})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def low_dim_markdown(rows: list[dict], seconds: float) -> str:
+    lines = ["# The 20-call likelihood in two dimensions (issue 18)", "",
+             f"`python benchmarks/bench_encoding.py --part low-dim` ({seconds:.0f} s wall, "
+             f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}). "
+             "Exact divergence, 256 draws of each mixture (seed 2), VP linear; the error per sample is "
+             "the computed minus the exact -log p_{t_min}, in bits/dim.", "",
+             "| problem | configuration | calls | mean error | median error | share > 0.1 off | "
+             "max abs error |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['problem']} | {r['method']} | {r['nfe']} | {r['mean']:+.4f} | "
+                     f"{r['median']:+.4f} | {100 * r['over_0.1']:.1f}% | {r['max_abs']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def fmt(v, spec=".2e") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -234,10 +289,20 @@ def markdown(inversion, reference, likelihood, meta) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_output_arguments(parser, RESULTS, "16 digits and fewer rows")
-    parser.add_argument("--part", choices=("all", "inversion", "likelihood"), default="all")
+    parser.add_argument("--part", choices=("all", "inversion", "likelihood", "low-dim"), default="all",
+                        help="low-dim: only the 2-D table, into likelihood_2d.{json,md}")
     args = parser.parse_args()
     out = results_folder(args, RESULTS, "encoding")
     out.mkdir(parents=True, exist_ok=True)
+    if args.part == "low-dim":
+        start = time.perf_counter()
+        rows = low_dim_rows()
+        seconds = time.perf_counter() - start
+        record = {"seconds": seconds, "rows": rows}
+        (out / "likelihood_2d.json").write_text(json.dumps(record, indent=1) + "\n")
+        (out / "likelihood_2d.md").write_text(low_dim_markdown(rows, seconds))
+        print(f"wrote {out / 'likelihood_2d.md'}, {out / 'likelihood_2d.json'}")
+        return
     num = 16 if args.quick else NUM
     start = time.perf_counter()
     saved = json.loads((out / "encoding.json").read_text()) if (out / "encoding.json").is_file() else {}

@@ -501,7 +501,7 @@ def log_likelihood(model: ScoreModel, x0: torch.Tensor, *, divergence: str = "hu
       call at ``T``: ``steps + 1`` calls. The default, :data:`LIKELIHOOD_SAMPLER` with
       :data:`LIKELIHOOD_OPTIONS` and :data:`LIKELIHOOD_STEPS` steps (20 calls), is within
       0.01 bits/dim of the tight adaptive value on the digits and on mixtures in 16 to 64
-      dimensions, not on 2-D ones (0.02-0.04 there: ``docs/encoding.md``).
+      dimensions, not on 2-D ones (0.013-0.025 there, 80 calls needed: ``docs/encoding.md``).
 
     A fixed-step solve estimates its own error (``error_estimate=True``): the same solve on
     every other time of its grid (:func:`coarse_grid`, about half the calls again, reported
