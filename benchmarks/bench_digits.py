@@ -4,6 +4,7 @@ fast-solver defaults and fitted grids on a trained network.
     python benchmarks/bench_digits.py                      # bundled model, writes results/digits.*
     python benchmarks/bench_digits.py --checkpoint runs/digits --num 1000
     python benchmarks/bench_digits.py --num 200 --likelihood-num 20 --fit-iterations 20 --out /tmp/d
+    python benchmarks/bench_digits.py --heun-grids     # only Heun's grid table (about 10 minutes)
 
 For each sampler at 5, 10, 20 and 50 NFE with its default options and grid (counted network calls,
 the final denoise included), from the same ``--num`` prior draws: the Fréchet distance to the
@@ -24,6 +25,10 @@ Fréchet distance of the ``--num`` evaluation samples against the same solver on
 Targets: the best sampler's Fréchet distance at 50 NFE at most 2x the floor, every class
 between 5% and 15% of its samples; every fast solver (:data:`FAST`) at 10 NFE at most 1.25x its
 own 50-NFE figure; the default sampler at the floor's level (at most the best 50-NFE figure).
+
+``--heun-grids`` (its own files ``digits_heun_grids.{json,md}``): ``heun`` at 10 and 50 NFE on
+every named grid and on Karras et al.'s spacing with rho 3, 4 and 5 besides the default 7, from
+the same prior draws: whether any grid brings Heun's 10-NFE figure within 1.25x of its 50-NFE one.
 """
 
 from __future__ import annotations
@@ -55,6 +60,51 @@ NFES = (5, 10, 20, 50)
 #: Fitted-grid runs (item 6): solver, options, budget (the final denoise included).
 FITTED = [("ipndm", {}, 10), ("unipc", {}, 10), ("dpm_solver++", {}, 10)]
 PILOT, PILOT_SEED = 64, 1234
+#: ``--heun-grids``: the named grids, then Karras et al.'s spacing with these rho (7 is ``karras``).
+HEUN_GRIDS, HEUN_RHOS, HEUN_NFES = ("karras", "uniform", "logsnr", "quadratic", "edm"), (3, 4, 5), (10, 50)
+
+
+def rho_grid(sde, steps: int, rho: float, t_end: float = 1e-3) -> torch.Tensor:
+    """Karras et al.'s eq. 5 with any ``rho``: ``s_i = (s_max^(1/rho) + (i/N)(s_min^(1/rho) -
+    s_max^(1/rho)))^rho`` in ``s = sigma/alpha`` from ``s(T)`` to ``s(t_end)``, as times."""
+    ends = sde.sigma_over_alpha(torch.tensor([sde.T, t_end], dtype=torch.float64))
+    ramp = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    s = (ends[0] ** (1 / rho) + ramp * (ends[1] ** (1 / rho) - ends[0] ** (1 / rho))) ** rho
+    ts = sde.t_of_log_snr(-torch.log(s))
+    ts[0], ts[-1] = sde.T, t_end
+    return ts
+
+
+def heun_grids(model, x_T: torch.Tensor, out: Path) -> None:
+    """Heun's Fréchet distance at :data:`HEUN_NFES` on every grid of :data:`HEUN_GRIDS` and
+    :data:`HEUN_RHOS`; writes ``digits_heun_grids.{json,md}``."""
+    start = time.perf_counter()
+    heun = sd.samplers.get("heun")
+    grids = [(g, g) for g in HEUN_GRIDS] + [(f"rho {r}", r) for r in HEUN_RHOS]
+    rows = []
+    for label, grid in grids:
+        for budget in HEUN_NFES:
+            steps, _ = heun.steps_within(budget, model.sde, 1e-3, reserve=1)
+            schedule = grid if isinstance(grid, str) else rho_grid(model.sde, steps, grid)
+            r = sd.sample(model, x_T=x_T, sampler="heun", steps=steps, schedule=schedule,
+                          return_info=True)
+            rows.append({"grid": label, "budget": budget, "nfe": r.nfe,
+                         "frechet": digits_frechet(r.x.clamp(-1, 1)).frechet})
+            print(rows[-1], flush=True)
+    seconds = time.perf_counter() - start
+    (out / "digits_heun_grids.json").write_text(json.dumps({"seconds": seconds, "rows": rows}, indent=1))
+    at = {(r["grid"], r["budget"]): r["frechet"] for r in rows}
+    lines = ["# Heun on the digits model by grid", "",
+             f"`python benchmarks/bench_digits.py --heun-grids` ({len(x_T)} samples per row, the "
+             f"same prior draws; {platform.machine()}, {torch.get_num_threads()} threads, "
+             f"{seconds:.0f} s). Fréchet distance in the digit classifier's features; NFE counts "
+             "the final denoise (Heun's 2N - 1 calls: 5 steps at 10, 25 at 50).", "",
+             "| grid | NFE 10 | NFE 50 | 10 / 50 NFE (goal <= 1.25) |", "|---|---|---|---|"]
+    for label, _ in grids:
+        lines.append(f"| {label} | {at[(label, 10)]:.2f} | {at[(label, 50)]:.2f} | "
+                     f"{at[(label, 10)] / at[(label, 50)]:.2f} |")
+    (out / "digits_heun_grids.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def main() -> None:
@@ -65,6 +115,8 @@ def main() -> None:
     parser.add_argument("--fit-iterations", type=int, default=200,
                         help="pilot runs per fitted grid (default 200)")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--heun-grids", action="store_true",
+                        help="only Heun's table by grid (digits_heun_grids.{json,md})")
     args = parser.parse_args()
     start = time.perf_counter()
     out = Path(args.out)
@@ -73,6 +125,9 @@ def main() -> None:
     model, config = load_model(checkpoint)
     data = load_digits()
     x_T = model.sde.prior_sample((args.num, *data.shape), generator=torch.Generator().manual_seed(0))
+    if args.heun_grids:
+        heun_grids(model, x_T, out)
+        return
     rows, panels = [], {}
     for run in digits_by_budget(model, x_T, SAMPLERS, NFES):
         r, q = run.result, run.quality

@@ -264,3 +264,20 @@ def test_a_quick_benchmark_run_never_writes_the_committed_results(tmp_path):
             assert '"quick"' in text, script.name
         elif script.name not in no_files:
             assert "results_folder(args" in text, f"{script.name}: --quick without results_folder"
+
+
+def test_rms_without_worst_leaves_out_the_farthest_samples():
+    from sdediff.bench.metrics import rms, rms_without_worst
+    from sdediff.checks import InputValueError
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(256, 64, generator=g, dtype=torch.float64)
+    b = a + 0.01 * torch.randn(256, 64, generator=g, dtype=torch.float64)
+    b[17] += 9.0 / 8.0                                  # one sample 9 away: it alone sets the RMS
+    assert rms(a, b) > 0.5
+    kept = torch.cat([torch.arange(17), torch.arange(18, 256)])
+    assert rms_without_worst(a, b) == pytest.approx(rms(a[kept], b[kept]), rel=1e-12)
+    assert rms_without_worst(a, b) < 0.1
+    assert rms_without_worst(a, b, leave_out=0) == pytest.approx(rms(a, b), rel=1e-12)
+    with pytest.raises(InputValueError, match=r"leave_out=256: must be in \[0, 255\]"):
+        rms_without_worst(a, b, leave_out=256)
