@@ -51,6 +51,7 @@ from sdediff.ode import bits_per_dim, dequantize, log_likelihood
 from sdediff.plotting import plot_image_panels
 from sdediff.pretrained import default_checkpoint
 from sdediff.samplers.fitted import fit_grid
+from sdediff.samplers.grids import karras
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SAMPLERS = ("ddim", "heun", "dpm_solver++", "unipc", "ipndm", "lms", "euler_maruyama")
@@ -64,17 +65,6 @@ PILOT, PILOT_SEED = 64, 1234
 HEUN_GRIDS, HEUN_RHOS, HEUN_NFES = ("karras", "uniform", "logsnr", "quadratic", "edm"), (3, 4, 5), (10, 50)
 
 
-def rho_grid(sde, steps: int, rho: float, t_end: float = 1e-3) -> torch.Tensor:
-    """Karras et al.'s eq. 5 with any ``rho``: ``s_i = (s_max^(1/rho) + (i/N)(s_min^(1/rho) -
-    s_max^(1/rho)))^rho`` in ``s = sigma/alpha`` from ``s(T)`` to ``s(t_end)``, as times."""
-    ends = sde.sigma_over_alpha(torch.tensor([sde.T, t_end], dtype=torch.float64))
-    ramp = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-    s = (ends[0] ** (1 / rho) + ramp * (ends[1] ** (1 / rho) - ends[0] ** (1 / rho))) ** rho
-    ts = sde.t_of_log_snr(-torch.log(s))
-    ts[0], ts[-1] = sde.T, t_end
-    return ts
-
-
 def heun_grids(model, x_T: torch.Tensor, out: Path) -> None:
     """Heun's Fréchet distance at :data:`HEUN_NFES` on every grid of :data:`HEUN_GRIDS` and
     :data:`HEUN_RHOS`; writes ``digits_heun_grids.{json,md}``."""
@@ -85,7 +75,7 @@ def heun_grids(model, x_T: torch.Tensor, out: Path) -> None:
     for label, grid in grids:
         for budget in HEUN_NFES:
             steps, _ = heun.steps_within(budget, model.sde, 1e-3, reserve=1)
-            schedule = grid if isinstance(grid, str) else rho_grid(model.sde, steps, grid)
+            schedule = grid if isinstance(grid, str) else karras(model.sde, steps, 1e-3, rho=grid)
             r = sd.sample(model, x_T=x_T, sampler="heun", steps=steps, schedule=schedule,
                           return_info=True)
             rows.append({"grid": label, "budget": budget, "nfe": r.nfe,

@@ -81,7 +81,6 @@ LIKELIHOODS = [
     ("bad: euler, uniform grid", {"method": "euler", "schedule": "uniform", "steps": 40}),
     ("bad: default on quadratic", {"schedule": "quadratic"}),
 ]
-#: The held-out mixture the choice of the default never saw, beside gmm2d and gmm64.
 #: (label, options): the 2-D convergence table (``--part low-dim``).
 LOW_DIM_CONFIGS = [
     *[(f"default, {steps + 1} calls", {"steps": steps}) for steps in (19, 39, 79, 159)],
@@ -90,6 +89,7 @@ LOW_DIM_CONFIGS = [
     ("dopri5, tol 1e-3", {"rtol": 1e-3, "atol": 1e-3}),
     ("dopri5, tol 1e-4", {"rtol": 1e-4, "atol": 1e-4}),
 ]
+#: The held-out mixture the choice of the default never saw, beside gmm2d and gmm64.
 HELD_OUT = {"ring16 (held out)": lambda: ring_mixture(16, 6, 0.2, seed=7),
             "ring2-5 (held out)": lambda: ring_mixture(2, 5, 0.1),
             "mix32 (held out)": lambda: ring_mixture(32, 20, 0.15, seed=3)}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sdediff as sd
-from sdediff.samplers.grids import CONTINUOUS_GRIDS, EDM_SIGMA_MAX, KARRAS_RHO, make_grid
+from sdediff.samplers.grids import CONTINUOUS_GRIDS, EDM_SIGMA_MAX, KARRAS_RHO, karras, make_grid
 
 PROCESSES = [sd.VPSDE(), sd.VPSDE("cosine"), sd.SubVPSDE(), sd.VESDE()]
 
@@ -33,6 +33,9 @@ def test_grid_spacings():
     sigma = torch.exp(-sde.log_snr(make_grid("karras", sde, n, t_end)))  # sigma/alpha
     ramp = sigma ** (1 / KARRAS_RHO)
     np.testing.assert_allclose(np.diff(ramp.numpy()), float(ramp[-1] - ramp[0]) / n, rtol=1e-9)
+    for rho in (1.0, 4.0):                   # karras(rho=...): the same spacing in sigma^(1/rho)
+        ramp = torch.exp(-sde.log_snr(karras(sde, n, t_end, rho=rho))) ** (1 / rho)
+        np.testing.assert_allclose(np.diff(ramp.numpy()), float(ramp[-1] - ramp[0]) / n, rtol=1e-9)
 
 
 def test_edm_grid_uses_edm_range():

@@ -4,7 +4,7 @@ flattens each sample, so the same function serves 2-D points and 8x8 images.
 - :func:`rms`: the RMS distance per sample ``sqrt(mean_b |a_b - b_b|^2)`` between paired batches,
   e.g. a sampler's endpoints and the exact ones from the same ``x_T`` (the accuracy tests and every
   benchmark's error); :func:`rms_without_worst` the same without the farthest samples (a
-  boundary sample that every solver sends to the wrong component would set it alone);
+  boundary sample that a solver sends to the wrong component would set it alone);
 - :func:`energy_distance`: the squared energy distance ``2 E|X - Y| - E|X - X'| - E|Y - Y'|``
   (Szekely & Rizzo), zero iff the distributions agree; any dimension.
 - :func:`two_sample_floor`: the energy distance between two independent sets drawn from the same
@@ -34,18 +34,23 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.detach().double().reshape(x.shape[0], -1)
 
 
+def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` float64: ``|a_b - b_b|^2`` per sample of paired batches."""
+    return (_flat(a) - _flat(b)).pow(2).sum(1)
+
+
 def rms(a: torch.Tensor, b: torch.Tensor) -> float:
     """RMS distance per sample between paired batches ``a`` and ``b`` of one shape ``(B, ...)``:
     ``sqrt(mean_b |a_b - b_b|^2)`` (in float64)."""
-    return float((_flat(a) - _flat(b)).pow(2).sum(1).mean().sqrt())
+    return float(_squared_distances(a, b).mean().sqrt())
 
 
 def rms_without_worst(a: torch.Tensor, b: torch.Tensor, leave_out: int = 1) -> float:
     """:func:`rms` over all but the ``leave_out`` samples farthest apart. At few steps in high
     dimension one sample near a boundary between two components can land in the other one under
-    every solver, and then sets the RMS alone (one of 256 at distance 9 gives 0.56); this says
-    how the rest compare. A companion to :func:`rms`, never a replacement."""
-    distances = (_flat(a) - _flat(b)).pow(2).sum(1)
+    almost every solver, and then sets the RMS alone (one of 256 at distance 9 gives 0.56); this
+    says how the rest compare. A companion to :func:`rms`, never a replacement."""
+    distances = _squared_distances(a, b)
     if not 0 <= leave_out < distances.numel():
         raise InputValueError(f"leave_out={leave_out!r}: must be in [0, {distances.numel() - 1}] "
                               f"for a batch of {distances.numel()}")

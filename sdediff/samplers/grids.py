@@ -89,8 +89,10 @@ def _sigma_range(sde, t_end: float) -> tuple[float, float]:
     return sigma_max, sigma_min
 
 
-def karras(sde, steps: int, t_end: float) -> torch.Tensor:
-    return _rho_grid(sde, steps, t_end, *_sigma_range(sde, t_end))
+def karras(sde, steps: int, t_end: float, rho: float = KARRAS_RHO) -> torch.Tensor:
+    """The ``karras`` grid; ``rho`` other than 7 for studies of the spacing (the named grid is
+    always rho = 7)."""
+    return _rho_grid(sde, steps, t_end, *_sigma_range(sde, t_end), rho=rho)
 
 
 #: EDM's default noise range (Karras et al. 2022, Table 1).
