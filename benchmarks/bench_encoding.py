@@ -23,11 +23,12 @@ more 2-D rings the default never saw (3 components of std 0.2, 12 of std 0.08), 
 contrast (exact divergence, 256 draws, seed 2): the default at 20, 40, 80 and 160 calls, other
 grids and ``unipc`` at 20 calls, and dopri5 at 1e-3 and 1e-4. Columns: the mean and median signed
 error per sample (bits/dim), the share of samples more than 0.1 bits/dim off (also in the inner and
-outer half of the batch by Mahalanobis distance to the nearest component), the largest error.
+outer half of the batch by Mahalanobis distance to the nearest component), the largest error, the
+error estimate the solve reports (mean, bits/dim) and whether it warned.
 
     python benchmarks/bench_encoding.py            # writes benchmarks/results/encoding.{json,md,png}
     python benchmarks/bench_encoding.py --quick    # 16 digits, fewer rows; a temporary folder
-    python benchmarks/bench_encoding.py --part low-dim    # the 2-D table only (about a minute)
+    python benchmarks/bench_encoding.py --part low-dim    # the 2-D table only (about 5 minutes)
 
 A quick run never overwrites the committed results (``--out`` to choose its folder).
 """
@@ -224,15 +225,20 @@ def low_dim_rows() -> list[dict]:
         depth = ((data[:, None] - gmm.means) / gmm.stds).norm(dim=2).min(1).values
         inner = depth <= depth.median()
         for label, options in LOW_DIM_CONFIGS:
-            r = sd.log_likelihood(gmm.score_model(sde), data, divergence="exact", return_info=True,
-                                  error_estimate=False, **options)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", AccuracyWarning)
+                r = sd.log_likelihood(gmm.score_model(sde), data, divergence="exact",
+                                      return_info=True, **options)
             error = (r.nll - exact) / (D * math.log(2))
+            estimate = None if r.error_estimate is None else r.error_estimate / (D * math.log(2))
             rows.append({"problem": name, "dim": D, "method": label, "nfe": r.nfe,
                          "mean": float(error.mean()), "median": float(error.median()),
                          "over_0.1": float((error.abs() > 0.1).double().mean()),
                          "over_0.1_inner": float((error[inner].abs() > 0.1).double().mean()),
                          "over_0.1_outer": float((error[~inner].abs() > 0.1).double().mean()),
-                         "max_abs": float(error.abs().max())})
+                         "max_abs": float(error.abs().max()),
+                         "estimate_mean": None if estimate is None else float(estimate.mean()),
+                         "warned": any(issubclass(w.category, AccuracyWarning) for w in caught)})
             print(rows[-1], flush=True)
     return rows
 
@@ -246,12 +252,14 @@ def low_dim_markdown(rows: list[dict], seconds: float) -> str:
              "draws nearer to / further from their nearest component's mean (Mahalanobis) than "
              "the batch's median draw.", "",
              "| problem | configuration | calls | mean error | median error | share > 0.1 off | "
-             "share > 0.1 off, inner / outer half | max abs error |", "|---|---|---|---|---|---|---|---|"]
+             "share > 0.1 off, inner / outer half | max abs error | reported estimate (mean) | "
+             "warned |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['problem']} | {r['method']} | {r['nfe']} | {r['mean']:+.4f} | "
                      f"{r['median']:+.4f} | {100 * r['over_0.1']:.1f}% | "
                      f"{100 * r['over_0.1_inner']:.1f}% / {100 * r['over_0.1_outer']:.1f}% | "
-                     f"{r['max_abs']:.3f} |")
+                     f"{r['max_abs']:.3f} | {fmt(r['estimate_mean'], '.3g')} | "
+                     f"{'yes' if r['warned'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
