@@ -37,6 +37,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -255,7 +256,11 @@ def load_optimizer_state(file: Path, config: dict | None = None, map_location=No
     file = Path(file)
     _verify(file, config)
     try:
-        state = torch.load(file, weights_only=True, map_location=map_location)
+        with warnings.catch_warnings():
+            # torch warns of a pickle protocol it did not write before refusing a foreign file;
+            # the refusal below says it in one line (the CLI's one-line rule)
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(file, weights_only=True, map_location=map_location)
     except pickle.UnpicklingError as err:
         raise InputValueError(f"refusing to load {str(file)!r}: it holds objects other than tensors "
                               "and plain containers, which weights_only loading never runs") from err

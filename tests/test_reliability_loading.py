@@ -128,7 +128,7 @@ READERS = {
 }
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.filterwarnings("error:Detected pickle protocol")     # the loader keeps it quiet
 @pytest.mark.parametrize("file,kind,forged", PLANTS)
 def test_crafted_pickle_never_runs(run, tmp_path, capsys, file, kind, forged):
     copy, folder = copy_run(run, tmp_path)
