@@ -225,20 +225,16 @@ def low_dim_rows() -> list[dict]:
         depth = ((data[:, None] - gmm.means) / gmm.stds).norm(dim=2).min(1).values
         inner = depth <= depth.median()
         for label, options in LOW_DIM_CONFIGS:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", AccuracyWarning)
-                r = sd.log_likelihood(gmm.score_model(sde), data, divergence="exact",
-                                      return_info=True, **options)
-            error = (r.nll - exact) / (D * math.log(2))
-            estimate = None if r.error_estimate is None else r.error_estimate / (D * math.log(2))
-            rows.append({"problem": name, "dim": D, "method": label, "nfe": r.nfe,
-                         "mean": float(error.mean()), "median": float(error.median()),
+            row = likelihood_row(gmm.score_model(sde), data, exact, D, label, options, 0.0,
+                                 divergence="exact")
+            error = (torch.tensor(row["nll"], dtype=torch.float64) - exact) / (D * math.log(2))
+            rows.append({"problem": name, "dim": D, "method": label, "nfe": row["nfe"],
+                         "mean": row["error"], "median": float(error.median()),
                          "over_0.1": float((error.abs() > 0.1).double().mean()),
                          "over_0.1_inner": float((error[inner].abs() > 0.1).double().mean()),
                          "over_0.1_outer": float((error[~inner].abs() > 0.1).double().mean()),
-                         "max_abs": float(error.abs().max()),
-                         "estimate_mean": None if estimate is None else float(estimate.mean()),
-                         "warned": any(issubclass(w.category, AccuracyWarning) for w in caught)})
+                         "max_abs": row["error_max"], "estimate_mean": row["estimate_mean"],
+                         "warned": row["warned"]})
             print(rows[-1], flush=True)
     return rows
 

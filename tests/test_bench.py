@@ -15,7 +15,7 @@ import torch
 import sdediff as sd
 from sdediff import bench
 from sdediff.bench import peers, problems
-from sdediff.bench.metrics import frechet_distance
+from sdediff.bench.metrics import frechet_distance, rms, rms_without_worst
 from sdediff.cli import main
 from tests.test_cli import fails_with
 
@@ -267,7 +267,6 @@ def test_a_quick_benchmark_run_never_writes_the_committed_results(tmp_path):
 
 
 def test_rms_without_worst_leaves_out_the_farthest_samples():
-    from sdediff.bench.metrics import rms, rms_without_worst
     from sdediff.checks import InputValueError
 
     g = torch.Generator().manual_seed(0)
